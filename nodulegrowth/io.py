@@ -1,0 +1,770 @@
+"""Reading and writing CT images with exact LPS geometry.
+
+This is the only module of nodulegrowth that touches image files and DICOM
+headers. Everything downstream receives a :class:`Scan`: a 3-D
+``SimpleITK.Image`` of ``sitkFloat32`` Hounsfield units, re-oriented to the
+LPS axes, plus a :class:`ScanInfo` with technical metadata only (no names,
+IDs, birth dates, UIDs, institutions or accession numbers).
+
+Frames and conventions
+----------------------
+- World points are LPS ``(x, y, z)`` in millimetres, the DICOM / ITK patient
+  frame: x grows to the patient's Left, y to Posterior, z to Superior.
+- Voxel indices in ITK order are ``(i, j, k)`` = (column, row, slice); the
+  numpy index of the same voxel is ``[k, j, i]``.
+- The geometry of an image maps an index to a world point by
+
+  .. math::
+
+      \\mathbf{p} = \\mathbf{o} + D \\, \\operatorname{diag}(\\mathbf{s}) \\, \\mathbf{i}
+
+  with origin :math:`\\mathbf{o}` (world mm of voxel ``(0, 0, 0)``),
+  direction matrix :math:`D` (columns = world directions of the i, j, k
+  axes), spacing :math:`\\mathbf{s} = (s_i, s_j, s_k)` in mm.
+
+Supported inputs
+----------------
+- a DICOM series folder (searched recursively, see
+  :func:`read_dicom_series`);
+- a volume file read by SimpleITK: ``.nii``, ``.nii.gz`` (NIfTI; SimpleITK
+  converts the RAS NIfTI frame to LPS), ``.mha``, ``.mhd`` (MetaImage),
+  ``.nrrd``, ``.nhdr`` (NRRD).
+
+References
+----------
+.. [1] NEMA PS3.3, C.7.6.2 "Image Plane Module" (ImagePositionPatient,
+   ImageOrientationPatient, PixelSpacing) and C.11.1 "Modality LUT Module"
+   (RescaleSlope, RescaleIntercept). https://dicom.nema.org/medical/dicom/current/output/html/part03.html
+.. [2] NEMA PS3.3, A.3 "CT Image IOD".
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.valuerep import format_number_as_ds
+
+from .errors import GeometryError, ImageReadError, NoduleGrowthError
+
+__all__ = [
+    "Scan",
+    "ScanInfo",
+    "ImageWriteError",
+    "VOLUME_SUFFIXES",
+    "load_scan",
+    "read_dicom_series",
+    "read_volume",
+    "native_index_to_world",
+    "world_to_index",
+    "index_to_world",
+    "crop",
+    "write_volume",
+    "write_dicom_series",
+]
+
+logger = logging.getLogger(__name__)
+
+#: File suffixes read by :func:`read_volume`, mapped to ``ScanInfo.format``.
+VOLUME_SUFFIXES: dict[str, str] = {
+    ".nii.gz": "nifti",
+    ".nii": "nifti",
+    ".mha": "mha",
+    ".mhd": "mha",
+    ".nrrd": "nrrd",
+    ".nhdr": "nrrd",
+}
+
+_ACCEPTED = "a DICOM series folder or a .nii, .nii.gz, .mha, .mhd or .nrrd file"
+
+#: CT Image Storage SOP class [2]_.
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+#: Offset added to HU before storing as integers; undone by RescaleIntercept.
+_HU_OFFSET = 1024
+
+
+class ImageWriteError(NoduleGrowthError):
+    """An image or DICOM series cannot be written (bad argument or I/O failure).
+
+    Defined here because :mod:`nodulegrowth.errors` has no write error yet.
+    """
+
+
+# --------------------------------------------------------------------------
+# data classes
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScanInfo:
+    """Technical metadata of a loaded scan; free of PHI.
+
+    Attributes
+    ----------
+    source : str
+        Path of the folder or file that was read.
+    format : {'dicom', 'nifti', 'mha', 'nrrd'}
+        ``'mha'`` covers both MetaImage forms ``.mha`` and ``.mhd``.
+    acquisition_date : datetime.date or None
+        DICOM AcquisitionDate, else SeriesDate, else StudyDate; ``None`` for
+        volume files and when no date could be parsed.
+    manufacturer, model : str or None
+        DICOM Manufacturer and ManufacturerModelName.
+    kvp : float or None
+        Peak tube voltage in kV (DICOM KVP).
+    slice_thickness_mm : float or None
+        Nominal reconstructed slice thickness in mm (DICOM SliceThickness);
+        ``None`` for volume files, which do not store it.
+    spacing_zyx : tuple of 3 float
+        Voxel spacing in mm of the loaded (LPS re-oriented) image, numpy
+        order ``(z, y, x)``.
+    size_zyx : tuple of 3 int
+        Array shape of the loaded image, numpy order ``(z, y, x)``.
+    native_origin : tuple of 3 float
+        LPS world mm of voxel ``(0, 0, 0)`` of the file as stored.
+    native_spacing : tuple of 3 float
+        Spacing ``(s_i, s_j, s_k)`` in mm of the file as stored, ITK order.
+        For a resampled uneven DICOM series, ``s_k`` is the median gap.
+    native_direction : tuple of 9 float
+        Direction matrix of the file as stored, row-major (ITK
+        ``GetDirection`` order): column ``a`` is the world direction of
+        index axis ``a``.
+    native_size : tuple of 3 int
+        Size ``(n_i, n_j, n_k)`` of the file as stored, ITK order.
+    notes : tuple of str
+        Warnings, each ``"code: detail"``; codes are ``skipped_files``,
+        ``ignored_series``, ``ignored_slices``, ``dropped_duplicate_slices``,
+        ``resampled_uneven_slices``, ``missing_slices``, ``unparsable_date``,
+        ``values_may_not_be_hu``, ``pixel_data_via_simpleitk``.
+    native_slice_offsets_mm : tuple of float or None
+        For a DICOM series whose slices were unevenly spaced (and therefore
+        resampled), the position in mm of every original slice along the
+        slice normal, relative to the first; ``None`` when the stored grid is
+        regular. Lets :func:`native_index_to_world` honour the original slice
+        numbering a reader saw in a viewer.
+    """
+
+    source: str
+    format: str
+    acquisition_date: _dt.date | None
+    manufacturer: str | None
+    model: str | None
+    kvp: float | None
+    slice_thickness_mm: float | None
+    spacing_zyx: tuple[float, float, float]
+    size_zyx: tuple[int, int, int]
+    native_origin: tuple[float, float, float]
+    native_spacing: tuple[float, float, float]
+    native_direction: tuple[float, ...]
+    native_size: tuple[int, int, int]
+    notes: tuple[str, ...] = ()
+    native_slice_offsets_mm: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Scan:
+    """A loaded CT scan.
+
+    Attributes
+    ----------
+    image : SimpleITK.Image
+        3-D ``sitkFloat32`` image in HU, re-oriented with
+        ``SimpleITK.DICOMOrient(image, "LPS")`` (for axis-aligned scans the
+        direction is the identity and ``array[k]`` is an axial slice, inferior
+        to superior).
+    info : ScanInfo
+        Technical metadata and the native (as stored) geometry.
+    """
+
+    image: sitk.Image
+    info: ScanInfo
+
+
+# --------------------------------------------------------------------------
+# geometry helpers
+# --------------------------------------------------------------------------
+
+
+def _geometry(image: sitk.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return origin (3,), spacing (3,), direction (3, 3) of a 3-D image."""
+    if image.GetDimension() != 3:
+        raise GeometryError(
+            f"image has {image.GetDimension()} dimensions; expected a 3-D image"
+        )
+    origin = np.asarray(image.GetOrigin(), dtype=float)
+    spacing = np.asarray(image.GetSpacing(), dtype=float)
+    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
+    return origin, spacing, direction
+
+
+def _as_points(values: Any, name: str) -> tuple[np.ndarray, bool]:
+    """Coerce ``(3,)`` or ``(N, 3)`` input to float ``(N, 3)``; flag if single."""
+    arr = np.asarray(values, dtype=float)
+    single = arr.ndim == 1
+    arr2 = np.atleast_2d(arr)
+    if arr2.ndim != 2 or arr2.shape[1] != 3:
+        raise GeometryError(
+            f"{name} has shape {arr.shape}; expected (3,) or (N, 3) in ITK/LPS order"
+        )
+    if not np.all(np.isfinite(arr2)):
+        raise GeometryError(f"{name} {arr.tolist()} is not finite; give real numbers")
+    return arr2, single
+
+
+def _index_to_world_arrays(
+    ijk: np.ndarray, origin: np.ndarray, spacing: np.ndarray, direction: np.ndarray
+) -> np.ndarray:
+    # p = o + D diag(s) i, applied row-wise to (N, 3)
+    return origin + (ijk * spacing) @ direction.T
+
+
+def index_to_world(image: sitk.Image, ijk: Any) -> np.ndarray:
+    """Map continuous voxel indices of ``image`` to LPS world points.
+
+    .. math::
+
+        \\mathbf{p} = \\mathbf{o} + D \\, \\operatorname{diag}(\\mathbf{s}) \\, \\mathbf{i}
+
+    Parameters
+    ----------
+    image : SimpleITK.Image
+        3-D image whose geometry is used.
+    ijk : array_like, shape (3,) or (N, 3)
+        Continuous indices in ITK order (i=column, j=row, k=slice), 0-based;
+        integer values are voxel centres.
+
+    Returns
+    -------
+    numpy.ndarray, shape (3,) or (N, 3)
+        LPS world points ``(x, y, z)`` in mm (same leading shape as ``ijk``).
+
+    Raises
+    ------
+    GeometryError
+        If the image is not 3-D or ``ijk`` has the wrong shape.
+
+    Examples
+    --------
+    >>> import SimpleITK as sitk
+    >>> im = sitk.Image(4, 3, 2, sitk.sitkFloat32)
+    >>> im.SetSpacing((0.5, 0.5, 2.0)); im.SetOrigin((10.0, 0.0, -5.0))
+    >>> index_to_world(im, (2, 1, 1)).tolist()
+    [11.0, 0.5, -3.0]
+    """
+    origin, spacing, direction = _geometry(image)
+    pts, single = _as_points(ijk, "ijk")
+    out = _index_to_world_arrays(pts, origin, spacing, direction)
+    return out[0] if single else out
+
+
+def world_to_index(image: sitk.Image, xyz: Any) -> np.ndarray:
+    """Map LPS world points to continuous voxel indices of ``image``.
+
+    .. math::
+
+        \\mathbf{i} = \\operatorname{diag}(\\mathbf{s})^{-1} D^{-1}
+        (\\mathbf{p} - \\mathbf{o})
+
+    Parameters
+    ----------
+    image : SimpleITK.Image
+        3-D image whose geometry is used.
+    xyz : array_like, shape (3,) or (N, 3)
+        LPS world points in mm.
+
+    Returns
+    -------
+    numpy.ndarray, shape (3,) or (N, 3)
+        Continuous indices ``(i, j, k)`` (ITK order, float); round them to get
+        the voxel containing the point, whose numpy index is ``[k, j, i]``.
+
+    Raises
+    ------
+    GeometryError
+        If the image is not 3-D or ``xyz`` has the wrong shape.
+
+    Examples
+    --------
+    >>> import SimpleITK as sitk
+    >>> im = sitk.Image(4, 3, 2, sitk.sitkFloat32)
+    >>> im.SetSpacing((0.5, 0.5, 2.0)); im.SetOrigin((10.0, 0.0, -5.0))
+    >>> world_to_index(im, (11.0, 0.5, -3.0)).tolist()
+    [2.0, 1.0, 1.0]
+    """
+    origin, spacing, direction = _geometry(image)
+    pts, single = _as_points(xyz, "xyz")
+    # solve rather than transpose: the direction need not be exactly orthonormal
+    out = np.linalg.solve(direction, (pts - origin).T).T / spacing
+    return out[0] if single else out
+
+
+def native_index_to_world(info: ScanInfo, ijk: Any) -> np.ndarray:
+    """Map a voxel index of the file *as stored* to an LPS world point.
+
+    This is how a manifest voxel index ``(t1_i, t1_j, t1_k)`` becomes a world
+    point. ``i`` is the column, ``j`` the row, ``k`` the slice, 0-based, in
+    the file as stored. For a DICOM series ``k`` counts the slices sorted by
+    their position along the slice normal
+    :math:`\\mathbf{n} = \\mathbf{r} \\times \\mathbf{c}` (row and column
+    direction cosines of ImageOrientationPatient), ascending; for a standard
+    axial series that is inferior to superior (feet to head), regardless of
+    file names or InstanceNumber.
+
+    .. math::
+
+        \\mathbf{p} = \\mathbf{o} + i s_i \\mathbf{d}_i + j s_j \\mathbf{d}_j
+        + z(k) \\, \\mathbf{d}_k, \\qquad z(k) = k s_k
+
+    where :math:`\\mathbf{d}_a` are the columns of the native direction. For
+    an uneven DICOM series :math:`z(k)` is instead the linear interpolation
+    of the original slice offsets ``info.native_slice_offsets_mm`` (so
+    ``k`` still counts original slices).
+
+    Parameters
+    ----------
+    info : ScanInfo
+        Metadata of the loaded scan.
+    ijk : array_like, shape (3,) or (N, 3)
+        Native indices, continuous allowed.
+
+    Returns
+    -------
+    numpy.ndarray, shape (3,) or (N, 3)
+        LPS world points in mm.
+
+    Raises
+    ------
+    GeometryError
+        If ``ijk`` has the wrong shape or is not finite.
+
+    Examples
+    --------
+    >>> info = ScanInfo(source="x", format="nifti", acquisition_date=None,
+    ...     manufacturer=None, model=None, kvp=None, slice_thickness_mm=None,
+    ...     spacing_zyx=(2.0, 1.0, 1.0), size_zyx=(2, 3, 4),
+    ...     native_origin=(0.0, 0.0, 0.0), native_spacing=(1.0, 1.0, 2.0),
+    ...     native_direction=(-1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0),
+    ...     native_size=(4, 3, 2))
+    >>> native_index_to_world(info, (3, 0, 1)).tolist()
+    [-3.0, 0.0, 2.0]
+    """
+    pts, single = _as_points(ijk, "ijk")
+    origin = np.asarray(info.native_origin, dtype=float)
+    spacing = np.asarray(info.native_spacing, dtype=float)
+    direction = np.asarray(info.native_direction, dtype=float).reshape(3, 3)
+    if info.native_slice_offsets_mm is None:
+        out = _index_to_world_arrays(pts, origin, spacing, direction)
+    else:
+        offsets = np.asarray(info.native_slice_offsets_mm, dtype=float)
+        k = pts[:, 2]
+        kk = np.arange(offsets.size, dtype=float)
+        # np.interp clamps; extrapolate linearly beyond the ends instead
+        z = np.interp(k, kk, offsets)
+        first_gap = offsets[1] - offsets[0]
+        last_gap = offsets[-1] - offsets[-2]
+        z = np.where(k < 0, k * first_gap, z)
+        z = np.where(k > kk[-1], offsets[-1] + (k - kk[-1]) * last_gap, z)
+        local = np.column_stack([pts[:, 0] * spacing[0], pts[:, 1] * spacing[1], z])
+        out = origin + local @ direction.T
+    return out[0] if single else out
+
+
+def crop(image: sitk.Image, center_xyz: Any, half_size_mm: Any) -> sitk.Image:
+    """Cut a sub-image around a world point, clipped to the image bounds.
+
+    The crop is the smallest voxel box containing the world box
+    :math:`\\mathbf{c} \\pm \\mathbf{h}` (axis-aligned in LPS), intersected
+    with the image. The result keeps spacing and direction; its origin is the
+    world position of its first voxel, so world coordinates are unchanged.
+
+    Parameters
+    ----------
+    image : SimpleITK.Image
+        3-D image (any pixel type).
+    center_xyz : array_like, shape (3,)
+        Centre in LPS world mm; must lie inside the image (within half a
+        voxel of the outer voxel centres).
+    half_size_mm : float or array_like, shape (3,)
+        Half extent in mm, one value or ``(hx, hy, hz)`` along the LPS axes;
+        positive.
+
+    Returns
+    -------
+    SimpleITK.Image
+        The cropped image.
+
+    Raises
+    ------
+    GeometryError
+        If the centre is outside the image or ``half_size_mm`` is not
+        positive.
+
+    Examples
+    --------
+    >>> import SimpleITK as sitk
+    >>> im = sitk.Image(20, 20, 10, sitk.sitkFloat32)
+    >>> sub = crop(im, (2.0, 10.0, 5.0), 3.0)
+    >>> sub.GetSize(), sub.GetOrigin()
+    ((6, 7, 7), (0.0, 7.0, 2.0))
+    """
+    origin, spacing, direction = _geometry(image)
+    center, single = _as_points(center_xyz, "center_xyz")
+    if not single:
+        raise GeometryError(
+            f"center_xyz has shape {np.shape(center_xyz)}; expected one LPS point (x, y, z)"
+        )
+    half = np.asarray(half_size_mm, dtype=float).ravel()
+    if half.size == 1:
+        half = np.repeat(half, 3)
+    if half.size != 3 or not np.all(np.isfinite(half)) or np.any(half <= 0):
+        raise GeometryError(
+            f"half_size_mm={half_size_mm!r} is invalid; give a positive number of mm or (hx, hy, hz)"
+        )
+    size = np.asarray(image.GetSize(), dtype=int)
+    c_idx = world_to_index(image, center[0])
+    if np.any(c_idx < -0.5) or np.any(c_idx > size - 0.5):
+        raise GeometryError(
+            f"crop centre {center[0].tolist()} mm (index {np.round(c_idx, 2).tolist()}) is outside "
+            f"the image of size {size.tolist()}; check the point's frame (LPS mm)"
+        )
+    corners = np.array(
+        [[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=float
+    )
+    idx = world_to_index(image, center[0] + corners * half)
+    # a small epsilon keeps a box edge that falls exactly on a voxel centre
+    lo = np.floor(idx.min(axis=0) + 1e-6).astype(int)
+    hi = np.ceil(idx.max(axis=0) - 1e-6).astype(int)
+    lo = np.clip(lo, 0, size - 1)
+    hi = np.clip(hi, 0, size - 1)
+    return sitk.RegionOfInterest(image, (hi - lo + 1).tolist(), lo.tolist())
+
+
+# --------------------------------------------------------------------------
+# writing
+# --------------------------------------------------------------------------
+
+
+def _volume_suffix(path: Path) -> str | None:
+    name = path.name.lower()
+    for suffix in VOLUME_SUFFIXES:  # ".nii.gz" is tried before ".nii"
+        if name.endswith(suffix):
+            return suffix
+    return None
+
+
+def write_volume(image: sitk.Image, path: str | os.PathLike) -> Path:
+    """Write an image to a volume file atomically.
+
+    The image is first written into a temporary folder next to ``path`` and
+    then moved into place with :func:`os.replace` (data file first, header
+    last for ``.mhd``), so a reader never sees a half-written file and an
+    interrupted run leaves the old file intact. ``.nii.gz``, ``.mha``,
+    ``.nrrd`` are compressed; ``.nii`` and ``.mhd`` (with its ``.raw``) are
+    not. Geometry (origin, spacing, direction) and pixel type are kept; note
+    that NIfTI stores the geometry as float32.
+
+    Parameters
+    ----------
+    image : SimpleITK.Image
+        Image to write (any pixel type SimpleITK can store in the format).
+    path : str or os.PathLike
+        Target file, ending in ``.nii``, ``.nii.gz``, ``.mha``, ``.mhd``,
+        ``.nrrd`` or ``.nhdr``. Its folder is created if missing.
+
+    Returns
+    -------
+    pathlib.Path
+        The written path.
+
+    Raises
+    ------
+    ImageWriteError
+        If the suffix is not supported or writing fails.
+
+    Examples
+    --------
+    >>> import tempfile, SimpleITK as sitk
+    >>> im = sitk.Image(4, 3, 2, sitk.sitkFloat32)
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     p = write_volume(im, Path(d) / "ct.nii.gz")
+    ...     sitk.ReadImage(str(p)).GetSize()
+    (4, 3, 2)
+    """
+    path = Path(path)
+    suffix = _volume_suffix(path)
+    if suffix is None:
+        raise ImageWriteError(
+            f"cannot write {path}: unknown suffix; use .nii, .nii.gz, .mha, .mhd or .nrrd"
+        )
+    compress = suffix in (".nii.gz", ".mha", ".nrrd")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        tmp_target = tmpdir / path.name
+        try:
+            sitk.WriteImage(image, str(tmp_target), useCompression=compress)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+            raise ImageWriteError(
+                f"cannot write {path}: {first}; check the pixel type and free disk space"
+            ) from exc
+        produced = sorted(tmpdir.iterdir(), key=lambda p: p == tmp_target)
+        for f in produced:  # the header (tmp_target) last
+            os.replace(f, path.parent / f.name)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return path
+
+
+# Tags a caller may not set through ``tags``: they follow from the image.
+_PROTECTED_TAGS = frozenset(
+    {
+        "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows",
+        "Columns", "PixelData", "RescaleSlope", "RescaleIntercept", "RescaleType",
+        "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
+        "SamplesPerPixel", "PhotometricInterpretation", "SOPInstanceUID",
+        "SOPClassUID", "InstanceNumber", "SliceLocation", "Modality",
+    }
+)
+
+
+def _uid(rng: np.random.Generator | None) -> str:
+    if rng is None:
+        return str(generate_uid())
+    # deterministic UIDs when the caller controls the randomness
+    return str(generate_uid(entropy_srcs=[str(int(x)) for x in rng.integers(0, 2**62, 4)]))
+
+
+def _dicom_value(keyword: str, value: Any) -> Any:
+    """Convert Python values to what pydicom expects for a keyword's VR."""
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise ImageWriteError(
+            f"tags key {keyword!r} is not a DICOM keyword; use standard names such as 'PatientName'"
+        )
+    vr = dictionary_VR(tag)
+    if isinstance(value, _dt.datetime):
+        return value.strftime("%Y%m%d%H%M%S.%f" if vr == "DT" else ("%H%M%S" if vr == "TM" else "%Y%m%d"))
+    if isinstance(value, _dt.date):
+        return value.strftime("%Y%m%d")
+    if isinstance(value, _dt.time):
+        return value.strftime("%H%M%S")
+    if vr == "DS" and isinstance(value, (int, float, np.integer, np.floating)):
+        return format_number_as_ds(float(value))
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _ds(values: Iterable[float]) -> list[str]:
+    # DS is limited to 16 characters; format_number_as_ds keeps maximal precision
+    return [format_number_as_ds(float(v) + 0.0) for v in values]
+
+
+def write_dicom_series(
+    image: sitk.Image,
+    folder: str | os.PathLike,
+    tags: Mapping[str, Any] | None = None,
+    *,
+    series_number: int = 1,
+    instance_start: int = 1,
+    shuffle_names: bool = False,
+    rng: np.random.Generator | int | None = None,
+) -> list[Path]:
+    """Write a 3-D HU image as a CT Image Storage DICOM series (one file per slice).
+
+    Slice ``k`` of the image (numpy ``array[k]``) becomes one file with
+
+    .. math::
+
+        \\mathrm{IPP}_k = \\mathbf{o} + k \\, s_k \\mathbf{d}_k, \\qquad
+        \\mathrm{IOP} = (\\mathbf{d}_i, \\mathbf{d}_j), \\qquad
+        \\mathrm{PixelSpacing} = (s_j, s_i)
+
+    (:math:`\\mathbf{d}_a` = columns of the direction matrix; any direction
+    is allowed, including left-handed ones). Pixels are stored as signed
+    16-bit integers
+
+    .. math::
+
+        v = \\operatorname{round}(\\mathrm{HU}) + 1024, \\qquad
+        \\mathrm{HU} = 1 \\cdot v - 1024
+
+    i.e. RescaleSlope 1, RescaleIntercept -1024, so HU values are rounded to
+    the nearest integer and must lie in [-33792, 31743] (values outside are
+    clipped with a warning). Files carry a valid file meta header
+    (Explicit VR Little Endian) and Modality ``CT``, ImageType
+    ``ORIGINAL\\PRIMARY\\AXIAL``.
+
+    Parameters
+    ----------
+    image : SimpleITK.Image
+        3-D scalar image in HU (any real pixel type).
+    folder : str or os.PathLike
+        Output folder, created if missing. Existing files are kept (several
+        series may share a folder) but a file with the same name is replaced.
+    tags : mapping of str to value, optional
+        Extra DICOM attributes by keyword, e.g. ``PatientName``,
+        ``PatientID``, ``PatientBirthDate``, ``PatientSex``, ``StudyDate``,
+        ``SeriesDate``, ``AcquisitionDate``, ``StudyTime``, ``Manufacturer``,
+        ``ManufacturerModelName``, ``KVP``, ``InstitutionName``,
+        ``ReferringPhysicianName``, ``AccessionNumber``, ``StudyDescription``,
+        ``SeriesDescription``, ``SliceThickness`` (default: the slice
+        spacing), ``StudyInstanceUID``, ``SeriesInstanceUID``,
+        ``FrameOfReferenceUID`` (default: generated). ``datetime.date``
+        values are converted to DICOM DA strings. Geometry, pixel and
+        per-instance attributes (ImagePositionPatient, RescaleSlope,
+        SOPInstanceUID, InstanceNumber, ...) cannot be overridden.
+    series_number : int, default 1
+        SeriesNumber; also part of the default file names.
+    instance_start : int, default 1
+        InstanceNumber of slice 0; slice ``k`` gets ``instance_start + k``.
+    shuffle_names : bool, default False
+        If True, files get random hexadecimal names without suffix and are
+        written in random order (to test readers against messy exports);
+        otherwise ``S{series:03d}_I{instance:05d}.dcm``.
+    rng : numpy.random.Generator or int, optional
+        Source of randomness for shuffled names and for the UIDs; when given,
+        the output is reproducible (UIDs are derived from it), otherwise UIDs
+        are random.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The written files in slice order (``k = 0, 1, ...``).
+
+    Raises
+    ------
+    ImageWriteError
+        If the image is not 3-D scalar, contains NaN, a tag is unknown or
+        protected, or a file cannot be written.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np, SimpleITK as sitk
+    >>> im = sitk.GetImageFromArray(np.full((3, 4, 5), -1000, np.float32))
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     files = write_dicom_series(im, d, {"StudyDate": "20240131"})
+    ...     len(files), load_scan(d).image.GetSize()
+    (3, (5, 4, 3))
+    """
+    if not isinstance(image, sitk.Image) or image.GetDimension() != 3:
+        raise ImageWriteError(
+            f"write_dicom_series needs a 3-D SimpleITK image, got {type(image).__name__}"
+            f"{'' if not isinstance(image, sitk.Image) else f' of dimension {image.GetDimension()}'}"
+        )
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise ImageWriteError(
+            f"image has {image.GetNumberOfComponentsPerPixel()} components per pixel; "
+            "write a scalar HU image"
+        )
+    if not isinstance(rng, np.random.Generator) and rng is not None:
+        rng = np.random.default_rng(rng)
+    tags = dict(tags or {})
+    bad = sorted(set(tags) & _PROTECTED_TAGS)
+    if bad:
+        raise ImageWriteError(
+            f"tags {bad} follow from the image geometry/pixels and cannot be set; remove them"
+        )
+    values = {k: _dicom_value(k, v) for k, v in tags.items()}
+
+    arr = sitk.GetArrayViewFromImage(image).astype(np.float64)
+    if np.isnan(arr).any():
+        raise ImageWriteError("image contains NaN; replace NaN by an HU value (e.g. -1024) first")
+    stored = np.rint(arr) + _HU_OFFSET
+    lo, hi = np.iinfo(np.int16).min, np.iinfo(np.int16).max
+    if stored.min() < lo or stored.max() > hi:
+        warnings.warn(
+            f"HU values outside [{lo - _HU_OFFSET}, {hi - _HU_OFFSET}] clipped when writing DICOM to {folder}",
+            stacklevel=2,
+        )
+    stored = np.clip(stored, lo, hi).astype("<i2")
+
+    origin, spacing, direction = _geometry(image)
+    n_slices, rows, cols = stored.shape
+    iop = _ds(np.concatenate([direction[:, 0], direction[:, 1]]))
+    pixel_spacing = _ds((spacing[1], spacing[0]))
+    normal = np.cross(direction[:, 0], direction[:, 1])
+
+    study_uid = values.pop("StudyInstanceUID", None) or _uid(rng)
+    series_uid = values.pop("SeriesInstanceUID", None) or _uid(rng)
+    frame_uid = values.pop("FrameOfReferenceUID", None) or _uid(rng)
+    slice_thickness = values.pop("SliceThickness", None)
+    if slice_thickness is None:
+        slice_thickness = _ds([spacing[2]])[0]
+    values.setdefault("SeriesNumber", int(series_number))
+    instance_uids = [_uid(rng) for _ in range(n_slices)]
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ImageWriteError(f"cannot create DICOM folder {folder}: {exc}; check permissions") from exc
+    if shuffle_names:
+        if rng is None:
+            rng = np.random.default_rng()
+        names = ["".join(f"{b:02x}" for b in rng.bytes(8)) for _ in range(n_slices)]
+        order = rng.permutation(n_slices)
+    else:
+        names = [f"S{int(series_number):03d}_I{instance_start + k:05d}.dcm" for k in range(n_slices)]
+        order = np.arange(n_slices)
+
+    paths = [folder / name for name in names]
+    for k in (int(x) for x in order):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
+        meta.MediaStorageSOPInstanceUID = instance_uids[k]
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+        ds = FileDataset(str(paths[k]), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        ds.SOPClassUID = CT_IMAGE_STORAGE
+        ds.SOPInstanceUID = instance_uids[k]
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = series_uid
+        ds.FrameOfReferenceUID = frame_uid
+        ds.Modality = "CT"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.InstanceNumber = int(instance_start + k)
+        position = origin + k * spacing[2] * direction[:, 2]
+        ds.ImagePositionPatient = _ds(position)
+        ds.ImageOrientationPatient = iop
+        ds.SliceLocation = _ds([float(position @ normal)])[0]
+        ds.PixelSpacing = pixel_spacing
+        ds.SliceThickness = slice_thickness
+        ds.PatientPosition = "HFS"
+        for keyword, value in values.items():
+            setattr(ds, keyword, value)
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.Rows = rows
+        ds.Columns = cols
+        ds.BitsAllocated = 16
+        ds.BitsStored = 16
+        ds.HighBit = 15
+        ds.PixelRepresentation = 1
+        ds.RescaleIntercept = str(-_HU_OFFSET)
+        ds.RescaleSlope = "1"
+        ds.RescaleType = "HU"
+        ds.PixelData = np.ascontiguousarray(stored[k]).tobytes()
+        try:
+            ds.save_as(paths[k], enforce_file_format=True)
+        except (OSError, ValueError, TypeError) as exc:
+            raise ImageWriteError(f"cannot write DICOM file {paths[k]}: {exc}; check tags and disk") from exc
+    logger.debug("wrote %d DICOM slices to %s", n_slices, folder)
+    return paths
