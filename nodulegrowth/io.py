@@ -768,3 +768,629 @@ def write_dicom_series(
             raise ImageWriteError(f"cannot write DICOM file {paths[k]}: {exc}; check tags and disk") from exc
     logger.debug("wrote %d DICOM slices to %s", n_slices, folder)
     return paths
+
+
+# --------------------------------------------------------------------------
+# reading
+# --------------------------------------------------------------------------
+
+#: Relative tolerance on slice gaps: gaps deviating from the median gap by
+#: more than this fraction make a series "uneven" and trigger resampling.
+UNEVEN_GAP_TOLERANCE = 0.01
+#: A gap larger than this multiple of the median gap is reported as missing
+#: slices (the series is still resampled, with a ``missing_slices`` note).
+MISSING_GAP_FACTOR = 2.5
+#: Slices whose positions along the normal differ by less than this (mm) are
+#: at the same position (duplicates).
+DUPLICATE_POSITION_MM = 0.01
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else type(exc).__name__
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _read_header(path: Path) -> pydicom.Dataset | None:
+    """Read a DICOM file with its pixel data deferred; None if not DICOM.
+
+    Files without the 128-byte preamble and ``DICM`` prefix (old raw
+    exports) are re-read with ``force=True`` and kept only if they look like
+    an image (Rows and ImagePositionPatient present), so that text or binary
+    junk is never mistaken for a slice.
+    """
+    try:
+        return pydicom.dcmread(path, defer_size="4 KB")
+    except InvalidDicomError:
+        pass
+    try:
+        ds = pydicom.dcmread(path, defer_size="4 KB", force=True)
+        if "Rows" in ds and "ImagePositionPatient" in ds and "PixelData" in ds:
+            return ds
+    except Exception:  # noqa: BLE001 - forced parsing of junk can fail in any way
+        pass
+    return None
+
+
+def _floats(ds: pydicom.Dataset, keyword: str, n: int) -> np.ndarray | None:
+    value = ds.get(keyword)
+    if value is None:
+        return None
+    try:
+        arr = np.asarray([float(v) for v in value], dtype=float)
+    except (TypeError, ValueError):
+        return None
+    return arr if arr.size == n and np.all(np.isfinite(arr)) else None
+
+
+def _float_or_none(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if np.isfinite(out) else None
+
+
+def _str_or_none(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _parse_da(value: Any) -> _dt.date | None:
+    """Parse a DICOM DA value (``YYYYMMDD``; ``YYYY.MM.DD`` of ACR-NEMA too)."""
+    text = str(value).strip().replace(".", "").replace("-", "")
+    if len(text) != 8 or not text.isdigit():
+        return None
+    try:
+        return _dt.date(int(text[:4]), int(text[4:6]), int(text[6:]))
+    except ValueError:
+        return None
+
+
+def _acquisition_date(ds: pydicom.Dataset) -> tuple[_dt.date | None, list[str]]:
+    """AcquisitionDate, else SeriesDate, else StudyDate; notes for bad values.
+
+    An unparsable (non-empty) date is noted and the next attribute is tried;
+    the acquisition, series and study of one CT are the same day in practice.
+    """
+    notes = []
+    for keyword in ("AcquisitionDate", "SeriesDate", "StudyDate"):
+        raw = ds.get(keyword)
+        if raw is None or str(raw).strip() == "":
+            continue
+        parsed = _parse_da(raw)
+        if parsed is not None:
+            return parsed, notes
+        notes.append(f"unparsable_date: {keyword} {str(raw)!r} is not YYYYMMDD")
+    return None, notes
+
+
+def _slice_problem(ds: pydicom.Dataset) -> str | None:
+    """Why a DICOM dataset cannot be a slice of a CT volume (None if it can)."""
+    if "PixelData" not in ds:
+        return "no pixel data"
+    modality = str(ds.get("Modality", "")).upper()
+    if modality != "CT":
+        return f"modality {modality or 'missing'}"
+    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    if "LOCALIZER" in image_type:
+        return "localizer"
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        return "multi-frame (enhanced) image"
+    if _floats(ds, "ImageOrientationPatient", 6) is None:
+        return "no ImageOrientationPatient"
+    if _floats(ds, "ImagePositionPatient", 3) is None:
+        return "no ImagePositionPatient"
+    if _floats(ds, "PixelSpacing", 2) is None:
+        return "no PixelSpacing"
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        return "colour image"
+    return None
+
+
+def _keep_majority(
+    items: list[tuple[Path, pydicom.Dataset]], key, what: str
+) -> tuple[list[tuple[Path, pydicom.Dataset]], str | None]:
+    """Keep the slices sharing the most common ``key``; describe the rest."""
+    counts = Counter(key(ds) for _, ds in items)
+    if len(counts) <= 1:
+        return items, None
+    best = counts.most_common(1)[0][0]
+    kept = [(p, ds) for p, ds in items if key(ds) == best]
+    return kept, f"{len(items) - len(kept)} slice(s) with a different {what}"
+
+
+def _iop_key(ds: pydicom.Dataset) -> tuple[float, ...]:
+    # 1e-3 absorbs the rounding of direction cosines written by scanners
+    return tuple(np.round(_floats(ds, "ImageOrientationPatient", 6), 3).tolist())
+
+
+def _shape_key(ds: pydicom.Dataset) -> tuple:
+    return (
+        int(ds.Rows),
+        int(ds.Columns),
+        tuple(np.round(_floats(ds, "PixelSpacing", 2), 4).tolist()),
+    )
+
+
+def _slice_hu(path: Path, ds: pydicom.Dataset, notes: set[str]) -> np.ndarray:
+    """HU of one slice, ``(rows, cols)`` float64, with its own rescale.
+
+    .. math:: \\mathrm{HU} = \\mathrm{RescaleSlope} \\cdot v + \\mathrm{RescaleIntercept}
+
+    Pixel data pydicom cannot decode (e.g. compressed without a plugin) is
+    read with SimpleITK/GDCM instead, which applies the same rescale itself.
+    """
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    try:
+        stored = np.asarray(ds.pixel_array, dtype=np.float64)
+        slope = _float_or_none(ds.get("RescaleSlope"))
+        intercept = _float_or_none(ds.get("RescaleIntercept"))
+        hu = stored * (1.0 if slope is None else slope) + (0.0 if intercept is None else intercept)
+    except Exception as exc:  # noqa: BLE001 - decoder errors have many types
+        try:
+            hu = sitk.GetArrayFromImage(sitk.ReadImage(str(path), sitk.sitkFloat64))
+        except RuntimeError:
+            raise ImageReadError(
+                f"cannot decode pixel data of {path} ({_first_line(exc)}); "
+                "convert the series to uncompressed DICOM or NIfTI"
+            ) from exc
+        notes.add("pixel_data_via_simpleitk: pydicom could not decode some slices")
+        hu = hu.reshape(-1, hu.shape[-2], hu.shape[-1])[0]
+    if hu.shape != (rows, cols):
+        raise ImageReadError(
+            f"pixel data of {path} has shape {hu.shape}, header says {(rows, cols)}; the file is corrupt"
+        )
+    return hu
+
+
+def read_dicom_series(folder: str | os.PathLike) -> Scan:
+    """Read a CT DICOM series folder into an LPS float32 HU image.
+
+    Procedure (every step is recorded in ``info.notes`` when it changes
+    anything):
+
+    1. **Files.** The folder is searched *recursively* (exports often nest
+       series in sub-folders). Every file is read with pydicom; files that
+       are not DICOM or are unreadable are skipped with a
+       :class:`UserWarning` naming them (also ``skipped_files`` note).
+    2. **Series.** Files are grouped by SeriesInstanceUID. A file can be a
+       slice only if it is a CT image (Modality ``CT``, pixel data,
+       ImageOrientationPatient, ImagePositionPatient, PixelSpacing,
+       single-frame) and not a localizer (ImageType contains ``LOCALIZER``).
+       Within a series, slices whose orientation or matrix/pixel spacing
+       differ from the majority are dropped (scouts stored in the same
+       series). The series with most slices is chosen (ties: thinnest
+       SliceThickness); the others are logged and noted by slice count only.
+    3. **Order.** Slices are sorted by their position along the slice
+       normal, never by file name or InstanceNumber:
+
+       .. math::
+
+           \\mathbf{n} = \\mathbf{r} \\times \\mathbf{c}, \\qquad
+           s_k = \\mathrm{IPP}_k \\cdot \\mathbf{n}
+
+       with row / column direction cosines :math:`\\mathbf{r}, \\mathbf{c}`
+       from ImageOrientationPatient [1]_.
+    4. **Duplicates.** Slices at the same position (within
+       ``DUPLICATE_POSITION_MM``) with identical pixels are dropped
+       (``dropped_duplicate_slices``); with different pixels a
+       :class:`GeometryError` is raised (several acquisitions or phases
+       mixed in one series).
+    5. **Tilt.** If the slice origins do not lie on one line along
+       :math:`\\mathbf{n}` (gantry tilt / sheared stack, in-plane shift
+       larger than 10 % of the pixel spacing) a :class:`GeometryError` is
+       raised: not supported yet.
+    6. **Spacing.** With gaps :math:`g_k = s_{k+1} - s_k` and median
+       :math:`\\tilde g`, the series is regular when
+       :math:`\\max_k |g_k - \\tilde g| \\le 0.01 \\, \\tilde g`; its slice
+       spacing is then :math:`(s_{N-1} - s_0)/(N-1)`. Otherwise it is
+       resampled by linear interpolation along :math:`\\mathbf{n}` onto a
+       regular grid from :math:`s_0` to :math:`s_{N-1}` with
+       :math:`M = \\operatorname{round}((s_{N-1}-s_0)/\\tilde g) + 1`
+       slices (note ``resampled_uneven_slices``); a gap larger than
+       2.5 :math:`\\tilde g` (missing slices) is resampled the same way and
+       additionally noted as ``missing_slices`` because the values in the
+       gap are interpolated, not measured.
+    7. **Values.** Each slice is rescaled with its own RescaleSlope and
+       RescaleIntercept [1]_ to HU, stored as float32.
+    8. **Geometry.** Origin = ImagePositionPatient of the first sorted
+       slice; direction columns :math:`(\\mathbf{r}, \\mathbf{c},
+       \\mathbf{n})`; spacing ``(PixelSpacing[1], PixelSpacing[0], gap)``
+       (PixelSpacing is row spacing then column spacing). This *native*
+       geometry goes into ``info``; the returned image is then re-oriented
+       with ``SimpleITK.DICOMOrient(image, "LPS")``.
+
+    Parameters
+    ----------
+    folder : str or os.PathLike
+        Folder holding the series (sub-folders included).
+
+    Returns
+    -------
+    Scan
+        Image (float32 HU, LPS-oriented) and PHI-free :class:`ScanInfo`
+        (format ``'dicom'``; acquisition date from AcquisitionDate, else
+        SeriesDate, else StudyDate).
+
+    Raises
+    ------
+    ImageReadError
+        If the folder is missing or empty, holds no CT image series, the
+        series has a single slice, or pixel data cannot be decoded.
+    GeometryError
+        On invalid orientation, gantry tilt, or conflicting duplicate slices.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np, SimpleITK as sitk
+    >>> im = sitk.GetImageFromArray(np.zeros((4, 5, 6), np.float32))
+    >>> im.SetSpacing((0.7, 0.7, 2.5))
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     _ = write_dicom_series(im, d, {"AcquisitionDate": "20230405"}, shuffle_names=True)
+    ...     scan = read_dicom_series(d)
+    >>> scan.info.spacing_zyx, scan.info.acquisition_date
+    ((2.5, 0.7, 0.7), datetime.date(2023, 4, 5))
+    """
+    root = Path(folder)
+    if not root.exists():
+        raise ImageReadError(f"DICOM folder {root} does not exist; expected {_ACCEPTED}")
+    if not root.is_dir():
+        raise ImageReadError(f"{root} is not a folder; read_dicom_series expects a DICOM series folder")
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    if not files:
+        raise ImageReadError(f"DICOM folder {root} is empty; expected the files of one CT series")
+
+    notes: list[str] = []
+    skipped: list[str] = []
+    series: dict[str, list[tuple[Path, pydicom.Dataset]]] = {}
+    rejected: Counter[str] = Counter()
+    for path in files:
+        try:
+            ds = _read_header(path)
+        except OSError as exc:
+            skipped.append(f"{_rel(path, root)} (unreadable: {_first_line(exc)})")
+            continue
+        if ds is None:
+            skipped.append(f"{_rel(path, root)} (not DICOM)")
+            continue
+        problem = _slice_problem(ds)
+        if problem is not None:
+            rejected[problem] += 1
+            continue
+        series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((path, ds))
+
+    if skipped:
+        shown = ", ".join(skipped[:10]) + (f" and {len(skipped) - 10} more" if len(skipped) > 10 else "")
+        warnings.warn(f"skipped {len(skipped)} file(s) in {root}: {shown}", stacklevel=2)
+        notes.append(f"skipped_files: {'; '.join(skipped)}")
+    if rejected:
+        detail = ", ".join(f"{n} {why}" for why, n in sorted(rejected.items()))
+        logger.info("ignored DICOM files in %s that are not CT slices: %s", root, detail)
+        notes.append(f"ignored_slices: {detail}")
+    if not series:
+        if len(skipped) == len(files):
+            raise ImageReadError(
+                f"no DICOM files in {root} ({len(files)} file(s), none DICOM); expected {_ACCEPTED}"
+            )
+        raise ImageReadError(
+            f"no CT image series in {root}: DICOM files found but none usable "
+            f"({', '.join(f'{n} {why}' for why, n in sorted(rejected.items()))}); "
+            "give the folder of an axial CT series"
+        )
+
+    candidates = []
+    for items in series.values():
+        items, why_iop = _keep_majority(items, _iop_key, "orientation")
+        items, why_shape = _keep_majority(items, _shape_key, "matrix size or pixel spacing")
+        dropped = [w for w in (why_iop, why_shape) if w]
+        thickness = _float_or_none(items[0][1].get("SliceThickness"))
+        candidates.append((items, dropped, thickness))
+    candidates.sort(
+        key=lambda c: (-len(c[0]), c[2] if c[2] is not None else np.inf, str(c[0][0][0]))
+    )
+    items, dropped, _ = candidates[0]
+    for why in dropped:
+        notes.append(f"ignored_slices: {why} than the rest of the series")
+    if len(candidates) > 1:
+        others = ", ".join(str(len(c[0])) for c in candidates[1:])
+        logger.info(
+            "%s holds %d CT series; chose the one with %d slices, ignored others with %s slices",
+            root, len(candidates), len(items), others,
+        )
+        notes.append(
+            f"ignored_series: chose the series with {len(items)} slices; "
+            f"ignored {len(candidates) - 1} with {others} slices"
+        )
+    if len(items) < 2:
+        raise ImageReadError(
+            f"the CT series in {root} has a single slice; a 3-D volume needs at least two"
+        )
+
+    # --- orientation -------------------------------------------------------
+    iop = _floats(items[0][1], "ImageOrientationPatient", 6)
+    row, col = iop[:3], iop[3:]
+    if (
+        abs(np.linalg.norm(row) - 1) > 1e-3
+        or abs(np.linalg.norm(col) - 1) > 1e-3
+        or abs(row @ col) > 1e-3
+    ):
+        raise GeometryError(
+            f"ImageOrientationPatient {iop.tolist()} in {root} is not two orthonormal "
+            "direction cosines; the series header is invalid"
+        )
+    # re-orthonormalise: scanners round cosines to a few decimals
+    row = row / np.linalg.norm(row)
+    col = col - (col @ row) * row
+    col = col / np.linalg.norm(col)
+    normal = np.cross(row, col)
+
+    positions = np.array([_floats(ds, "ImagePositionPatient", 3) for _, ds in items])
+    s = positions @ normal
+    instance = np.array([int(_float_or_none(ds.get("InstanceNumber")) or 0) for _, ds in items])
+    order = np.lexsort((instance, s))  # InstanceNumber only breaks exact ties
+    items = [items[i] for i in order]
+    positions, s = positions[order], s[order]
+
+    pix_notes: set[str] = set()
+    hu = [_slice_hu(p, ds, pix_notes) for p, ds in items]
+
+    keep = [0]
+    n_dup = 0
+    for k in range(1, len(items)):
+        if s[k] - s[keep[-1]] < DUPLICATE_POSITION_MM:
+            if not np.array_equal(hu[k], hu[keep[-1]]):
+                raise GeometryError(
+                    f"two different slices at the same position {s[k]:.3f} mm in {root} "
+                    f"({_rel(items[k][0], root)}, {_rel(items[keep[-1]][0], root)}); the series mixes "
+                    "acquisitions or phases -- split it into separate folders"
+                )
+            n_dup += 1
+            continue
+        keep.append(k)
+    if n_dup:
+        notes.append(f"dropped_duplicate_slices: {n_dup} exact duplicate slice(s) removed")
+        items = [items[k] for k in keep]
+        positions, s = positions[keep], s[keep]
+        hu = [hu[k] for k in keep]
+    if len(items) < 2:
+        raise ImageReadError(
+            f"the CT series in {root} has a single distinct slice position; a 3-D volume needs two"
+        )
+
+    pixel_spacing = _floats(items[0][1], "PixelSpacing", 2)  # (row spacing, column spacing)
+    offsets = positions - positions[0]
+    inplane = offsets - np.outer(offsets @ normal, normal)
+    shift = float(np.max(np.linalg.norm(inplane, axis=1)))
+    if shift > 0.1 * float(pixel_spacing.min()):
+        raise GeometryError(
+            f"slices of {root} are sheared (in-plane shift up to {shift:.2f} mm along the stack, "
+            "gantry tilt?); tilted series are not supported yet -- resample them to an "
+            "orthogonal grid first (e.g. dcm2niix)"
+        )
+
+    # --- spacing ---------------------------------------------------------------
+    gaps = np.diff(s)
+    median_gap = float(np.median(gaps))
+    span = float(s[-1] - s[0])
+    volume = np.stack(hu)
+    native_offsets = None
+    native_gap = span / (len(s) - 1)
+    if np.max(np.abs(gaps - median_gap)) <= UNEVEN_GAP_TOLERANCE * median_gap:
+        gap = native_gap
+    else:
+        n_new = int(round(span / median_gap)) + 1
+        gap = span / (n_new - 1)
+        target = s[0] + gap * np.arange(n_new)
+        upper = np.clip(np.searchsorted(s, target, side="right"), 1, len(s) - 1)
+        w = ((target - s[upper - 1]) / (s[upper] - s[upper - 1]))[:, None, None]
+        volume = (1 - w) * volume[upper - 1] + w * volume[upper]
+        msg = (
+            f"resampled_uneven_slices: gaps {gaps.min():.3f}-{gaps.max():.3f} mm (median "
+            f"{median_gap:.3f}); {len(s)} slices linearly interpolated onto {n_new} at {gap:.4f} mm"
+        )
+        notes.append(msg)
+        logger.warning("%s: %s", root, msg)
+        big = np.flatnonzero(gaps > MISSING_GAP_FACTOR * median_gap)
+        if big.size:
+            worst = big[np.argmax(gaps[big])]
+            msg = (
+                f"missing_slices: {big.size} gap(s) over {MISSING_GAP_FACTOR} x the median gap, "
+                f"largest {gaps[worst]:.2f} mm between slices {worst} and {worst + 1}; "
+                "values there are interpolated"
+            )
+            notes.append(msg)
+            logger.warning("%s: %s", root, msg)
+        native_offsets = tuple(float(v) for v in s - s[0])
+        native_gap = median_gap
+    notes.extend(sorted(pix_notes))
+
+    direction = np.column_stack([row, col, normal])
+    image = sitk.GetImageFromArray(volume.astype(np.float32))
+    image.SetOrigin(tuple(float(v) for v in positions[0]))
+    image.SetSpacing((float(pixel_spacing[1]), float(pixel_spacing[0]), float(gap)))
+    image.SetDirection(tuple(float(v) for v in direction.ravel()))
+
+    header = items[0][1]
+    date, date_notes = _acquisition_date(header)
+    notes.extend(date_notes)
+    native_size = (int(header.Columns), int(header.Rows), len(s))
+    return _make_scan(
+        image,
+        source=root,
+        fmt="dicom",
+        acquisition_date=date,
+        manufacturer=_str_or_none(header.get("Manufacturer")),
+        model=_str_or_none(header.get("ManufacturerModelName")),
+        kvp=_float_or_none(header.get("KVP")),
+        slice_thickness_mm=_float_or_none(header.get("SliceThickness")),
+        native_origin=tuple(float(v) for v in positions[0]),
+        native_spacing=(float(pixel_spacing[1]), float(pixel_spacing[0]), float(native_gap)),
+        native_direction=tuple(float(v) for v in direction.ravel()),
+        native_size=native_size,
+        notes=notes,
+        native_slice_offsets_mm=native_offsets,
+    )
+
+
+def _make_scan(image: sitk.Image, *, source: Path, fmt: str, notes: Sequence[str], **fields) -> Scan:
+    """Re-orient to LPS and assemble the :class:`Scan`."""
+    oriented = sitk.DICOMOrient(image, "LPS")
+    spacing = oriented.GetSpacing()
+    size = oriented.GetSize()
+    info = ScanInfo(
+        source=str(source),
+        format=fmt,
+        spacing_zyx=(float(spacing[2]), float(spacing[1]), float(spacing[0])),
+        size_zyx=(int(size[2]), int(size[1]), int(size[0])),
+        notes=tuple(notes),
+        **fields,
+    )
+    return Scan(image=oriented, info=info)
+
+
+def read_volume(path: str | os.PathLike) -> Scan:
+    """Read a NIfTI / MetaImage / NRRD volume into an LPS float32 HU image.
+
+    The file is read with ``SimpleITK.ReadImage`` (which converts the RAS
+    frame of NIfTI to LPS, and applies NIfTI ``scl_slope`` / ``scl_inter``),
+    cast to float32 with origin, spacing and direction unchanged, recorded
+    as the native geometry, then re-oriented with
+    ``SimpleITK.DICOMOrient(image, "LPS")`` (a permutation/flip of the voxel
+    grid, no resampling). A 4-D file with a single volume is accepted.
+
+    The file's values are assumed to be HU. If the 1st percentile is above
+    -500 HU (a chest CT always holds air at about -1000 HU) the note
+    ``values_may_not_be_hu`` is added.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        ``.nii``, ``.nii.gz``, ``.mha``, ``.mhd``, ``.nrrd`` or ``.nhdr``.
+
+    Returns
+    -------
+    Scan
+        Image and :class:`ScanInfo` (``acquisition_date``, ``manufacturer``,
+        ``model``, ``kvp``, ``slice_thickness_mm`` are ``None``: volume files
+        do not carry them).
+
+    Raises
+    ------
+    ImageReadError
+        If the file is missing, has an unsupported suffix, cannot be parsed,
+        or is not a scalar 3-D image.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np, SimpleITK as sitk
+    >>> im = sitk.GetImageFromArray(np.full((2, 3, 4), -1000, np.int16))
+    >>> im.SetDirection((-1, 0, 0, 0, 1, 0, 0, 0, 1))
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     scan = read_volume(write_volume(im, Path(d) / "ct.nrrd"))
+    >>> scan.image.GetDirection()[0], scan.info.native_direction[0], scan.info.format
+    (1.0, -1.0, 'nrrd')
+    """
+    path = Path(path)
+    suffix = _volume_suffix(path)
+    if not path.exists():
+        raise ImageReadError(f"image file {path} does not exist; expected {_ACCEPTED}")
+    if suffix is None or not path.is_file():
+        raise ImageReadError(f"cannot read {path}: unsupported file type; expected {_ACCEPTED}")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise ImageReadError(
+            f"cannot read {path}: {_first_line(exc)}; the file is damaged or not a {VOLUME_SUFFIXES[suffix]} image"
+        ) from exc
+    if image.GetDimension() == 4 and image.GetSize()[3] == 1:
+        image = image[:, :, :, 0]
+    if image.GetDimension() != 3:
+        raise ImageReadError(
+            f"{path} is a {image.GetDimension()}-D image of size {image.GetSize()}; expected one 3-D CT volume"
+        )
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise ImageReadError(
+            f"{path} has {image.GetNumberOfComponentsPerPixel()} components per voxel; expected a scalar HU volume"
+        )
+    if min(image.GetSize()) < 2:
+        raise ImageReadError(f"{path} has size {image.GetSize()}; a 3-D CT volume needs at least 2 voxels per axis")
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    notes = []
+    values = sitk.GetArrayViewFromImage(image)
+    p1 = float(np.percentile(values[:: max(1, values.shape[0] // 16)], 1))
+    if p1 > -500:
+        notes.append(f"values_may_not_be_hu: 1st percentile is {p1:.0f}, no air near -1000 HU")
+    return _make_scan(
+        image,
+        source=path,
+        fmt=VOLUME_SUFFIXES[suffix],
+        acquisition_date=None,
+        manufacturer=None,
+        model=None,
+        kvp=None,
+        slice_thickness_mm=None,
+        native_origin=tuple(float(v) for v in image.GetOrigin()),
+        native_spacing=tuple(float(v) for v in image.GetSpacing()),
+        native_direction=tuple(float(v) for v in image.GetDirection()),
+        native_size=tuple(int(v) for v in image.GetSize()),
+        notes=notes,
+    )
+
+
+def load_scan(path: str | os.PathLike) -> Scan:
+    """Load a CT scan from a DICOM series folder or a volume file.
+
+    A folder is read by :func:`read_dicom_series`; a file ending in
+    ``.nii``, ``.nii.gz``, ``.mha``, ``.mhd``, ``.nrrd`` or ``.nhdr`` by
+    :func:`read_volume`. The result is always a float32 HU image
+    re-oriented to LPS, with the native geometry in ``info``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Folder or file.
+
+    Returns
+    -------
+    Scan
+
+    Raises
+    ------
+    ImageReadError
+        If the path is missing, is a single DICOM file (a series is a
+        folder), or has an unsupported suffix; and see the readers.
+    GeometryError
+        See :func:`read_dicom_series`.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np, SimpleITK as sitk
+    >>> im = sitk.GetImageFromArray(np.full((2, 3, 4), -1000, np.float32))
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     scan = load_scan(write_volume(im, Path(d) / "ct.mha"))
+    >>> scan.info.size_zyx, scan.info.format
+    ((2, 3, 4), 'mha')
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(f"image path {path} does not exist; expected {_ACCEPTED}")
+    if path.is_dir():
+        return read_dicom_series(path)
+    if _volume_suffix(path) is not None:
+        return read_volume(path)
+    if path.suffix.lower() in (".dcm", ".dicom", ".ima") or _read_header(path) is not None:
+        raise ImageReadError(
+            f"{path} is a single DICOM file, not a series; give the folder that holds all its slices"
+        )
+    raise ImageReadError(f"cannot read {path}: unsupported file type {path.suffix!r}; expected {_ACCEPTED}")
