@@ -58,6 +58,7 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import format_number_as_ds
+from scipy import ndimage
 
 from .errors import GeometryError, ImageReadError, NoduleGrowthError
 
@@ -783,6 +784,9 @@ MISSING_GAP_FACTOR = 2.5
 #: Slices whose positions along the normal differ by less than this (mm) are
 #: at the same position (duplicates).
 DUPLICATE_POSITION_MM = 0.01
+#: In-plane shifts of slice origins up to this fraction of the pixel spacing
+#: are rounding noise; larger shifts are a tilted (sheared) stack.
+TILT_TOLERANCE = 0.1
 
 
 def _first_line(exc: BaseException) -> str:
@@ -809,6 +813,11 @@ def _read_header(path: Path) -> pydicom.Dataset | None:
         return pydicom.dcmread(path, defer_size="4 KB")
     except InvalidDicomError:
         pass
+    with open(path, "rb") as fh:
+        start = fh.read(2)
+    # a preamble-less DICOM file starts with a group 0x0002 or 0x0008 element
+    if start not in (b"\x02\x00", b"\x08\x00"):
+        return None
     try:
         ds = pydicom.dcmread(path, defer_size="4 KB", force=True)
         if "Rows" in ds and "ImagePositionPatient" in ds and "PixelData" in ds:
@@ -924,7 +933,7 @@ def _shape_key(ds: pydicom.Dataset) -> tuple:
 
 
 def _slice_hu(path: Path, ds: pydicom.Dataset, notes: set[str]) -> np.ndarray:
-    """HU of one slice, ``(rows, cols)`` float64, with its own rescale.
+    """HU of one slice, ``(rows, cols)`` float32, with its own rescale.
 
     .. math:: \\mathrm{HU} = \\mathrm{RescaleSlope} \\cdot v + \\mathrm{RescaleIntercept}
 
@@ -937,9 +946,10 @@ def _slice_hu(path: Path, ds: pydicom.Dataset, notes: set[str]) -> np.ndarray:
         slope = _float_or_none(ds.get("RescaleSlope"))
         intercept = _float_or_none(ds.get("RescaleIntercept"))
         hu = stored * (1.0 if slope is None else slope) + (0.0 if intercept is None else intercept)
+        hu = hu.astype(np.float32)
     except Exception as exc:  # noqa: BLE001 - decoder errors have many types
         try:
-            hu = sitk.GetArrayFromImage(sitk.ReadImage(str(path), sitk.sitkFloat64))
+            hu = sitk.GetArrayFromImage(sitk.ReadImage(str(path), sitk.sitkFloat32))
         except RuntimeError:
             raise ImageReadError(
                 f"cannot decode pixel data of {path} ({_first_line(exc)}); "
@@ -988,9 +998,15 @@ def read_dicom_series(folder: str | os.PathLike) -> Scan:
        :class:`GeometryError` is raised (several acquisitions or phases
        mixed in one series).
     5. **Tilt.** If the slice origins do not lie on one line along
-       :math:`\\mathbf{n}` (gantry tilt / sheared stack, in-plane shift
-       larger than 10 % of the pixel spacing) a :class:`GeometryError` is
-       raised: not supported yet.
+       :math:`\\mathbf{n}` (gantry tilt / sheared stack: in-plane offset
+       :math:`(\\Delta_i, \\Delta_j) = ((\\mathrm{IPP}_k - \\mathrm{IPP}_0)
+       \\cdot \\mathbf{r}, (\\mathrm{IPP}_k - \\mathrm{IPP}_0) \\cdot
+       \\mathbf{c})` larger than 10 % of the pixel spacing), every slice is
+       shifted in-plane by its own offset with bilinear interpolation (edge
+       values replicated), which puts all voxels on the orthogonal grid over
+       the first slice (note ``resampled_gantry_tilt``). The native
+       geometry then has the non-orthogonal stack axis through the first and
+       last slice origins as its third direction.
     6. **Spacing.** With gaps :math:`g_k = s_{k+1} - s_k` and median
        :math:`\\tilde g`, the series is regular when
        :math:`\\max_k |g_k - \\tilde g| \\le 0.01 \\, \\tilde g`; its slice
@@ -1029,7 +1045,7 @@ def read_dicom_series(folder: str | os.PathLike) -> Scan:
         If the folder is missing or empty, holds no CT image series, the
         series has a single slice, or pixel data cannot be decoded.
     GeometryError
-        On invalid orientation, gantry tilt, or conflicting duplicate slices.
+        On invalid orientation or conflicting duplicate slices.
 
     Examples
     --------
@@ -1169,31 +1185,49 @@ def read_dicom_series(folder: str | os.PathLike) -> Scan:
         )
 
     pixel_spacing = _floats(items[0][1], "PixelSpacing", 2)  # (row spacing, column spacing)
+    volume = np.stack(hu)
+    del hu
     offsets = positions - positions[0]
-    inplane = offsets - np.outer(offsets @ normal, normal)
-    shift = float(np.max(np.linalg.norm(inplane, axis=1)))
-    if shift > 0.1 * float(pixel_spacing.min()):
-        raise GeometryError(
-            f"slices of {root} are sheared (in-plane shift up to {shift:.2f} mm along the stack, "
-            "gantry tilt?); tilted series are not supported yet -- resample them to an "
-            "orthogonal grid first (e.g. dcm2niix)"
+    # in-plane offset of each slice origin, mm along the row (i) and column (j) directions
+    shift_i, shift_j = offsets @ row, offsets @ col
+    max_shift = float(np.max(np.hypot(shift_i, shift_j)))
+    tilted = max_shift > TILT_TOLERANCE * float(pixel_spacing.min())
+    if tilted:
+        # gantry tilt: move every slice in-plane so that its voxels lie on the
+        # orthogonal prism over slice 0 (bilinear, edge values replicated)
+        for k in range(volume.shape[0]):
+            if shift_i[k] or shift_j[k]:
+                volume[k] = ndimage.shift(
+                    volume[k], (shift_j[k] / pixel_spacing[0], shift_i[k] / pixel_spacing[1]),
+                    order=1, mode="nearest",
+                )
+        msg = (
+            f"resampled_gantry_tilt: slice origins shift in-plane by up to {max_shift:.2f} mm "
+            f"(tilt {np.degrees(np.arctan2(max_shift, s[-1] - s[0])):.1f} deg); slices "
+            "re-sampled onto an orthogonal grid by bilinear interpolation"
         )
+        notes.append(msg)
+        logger.warning("%s: %s", root, msg)
+        stack_axis = offsets[-1] / np.linalg.norm(offsets[-1])
+    else:
+        stack_axis = normal
 
     # --- spacing ---------------------------------------------------------------
     gaps = np.diff(s)
     median_gap = float(np.median(gaps))
     span = float(s[-1] - s[0])
-    volume = np.stack(hu)
+    # native slice k lies at t_k along the stack axis (= s_k - s_0 unless tilted)
+    t = (s - s[0]) / float(stack_axis @ normal)
     native_offsets = None
-    native_gap = span / (len(s) - 1)
+    native_gap = float(t[-1]) / (len(s) - 1)
     if np.max(np.abs(gaps - median_gap)) <= UNEVEN_GAP_TOLERANCE * median_gap:
-        gap = native_gap
+        gap = span / (len(s) - 1)
     else:
         n_new = int(round(span / median_gap)) + 1
         gap = span / (n_new - 1)
         target = s[0] + gap * np.arange(n_new)
         upper = np.clip(np.searchsorted(s, target, side="right"), 1, len(s) - 1)
-        w = ((target - s[upper - 1]) / (s[upper] - s[upper - 1]))[:, None, None]
+        w = ((target - s[upper - 1]) / (s[upper] - s[upper - 1]))[:, None, None].astype(np.float32)
         volume = (1 - w) * volume[upper - 1] + w * volume[upper]
         msg = (
             f"resampled_uneven_slices: gaps {gaps.min():.3f}-{gaps.max():.3f} mm (median "
@@ -1211,15 +1245,16 @@ def read_dicom_series(folder: str | os.PathLike) -> Scan:
             )
             notes.append(msg)
             logger.warning("%s: %s", root, msg)
-        native_offsets = tuple(float(v) for v in s - s[0])
-        native_gap = median_gap
+        native_offsets = tuple(float(v) for v in t)
+        native_gap = float(np.median(np.diff(t)))
     notes.extend(sorted(pix_notes))
 
     direction = np.column_stack([row, col, normal])
-    image = sitk.GetImageFromArray(volume.astype(np.float32))
+    image = sitk.GetImageFromArray(volume.astype(np.float32, copy=False))
     image.SetOrigin(tuple(float(v) for v in positions[0]))
     image.SetSpacing((float(pixel_spacing[1]), float(pixel_spacing[0]), float(gap)))
     image.SetDirection(tuple(float(v) for v in direction.ravel()))
+    native_direction = np.column_stack([row, col, stack_axis])
 
     header = items[0][1]
     date, date_notes = _acquisition_date(header)
@@ -1236,7 +1271,7 @@ def read_dicom_series(folder: str | os.PathLike) -> Scan:
         slice_thickness_mm=_float_or_none(header.get("SliceThickness")),
         native_origin=tuple(float(v) for v in positions[0]),
         native_spacing=(float(pixel_spacing[1]), float(pixel_spacing[0]), float(native_gap)),
-        native_direction=tuple(float(v) for v in direction.ravel()),
+        native_direction=tuple(float(v) for v in native_direction.ravel()),
         native_size=native_size,
         notes=notes,
         native_slice_offsets_mm=native_offsets,
@@ -1245,7 +1280,13 @@ def read_dicom_series(folder: str | os.PathLike) -> Scan:
 
 def _make_scan(image: sitk.Image, *, source: Path, fmt: str, notes: Sequence[str], **fields) -> Scan:
     """Re-orient to LPS and assemble the :class:`Scan`."""
-    oriented = sitk.DICOMOrient(image, "LPS")
+    try:
+        oriented = sitk.DICOMOrient(image, "LPS")
+    except RuntimeError as exc:
+        raise GeometryError(
+            f"cannot re-orient {source} to LPS ({_first_line(exc)}); its direction "
+            f"{np.round(image.GetDirection(), 4).tolist()} is not a valid rotation"
+        ) from exc
     spacing = oriented.GetSpacing()
     size = oriented.GetSize()
     info = ScanInfo(
@@ -1325,7 +1366,12 @@ def read_volume(path: str | os.PathLike) -> Scan:
         )
     if min(image.GetSize()) < 2:
         raise ImageReadError(f"{path} has size {image.GetSize()}; a 3-D CT volume needs at least 2 voxels per axis")
-    image = sitk.Cast(image, sitk.sitkFloat32)
+    try:
+        image = sitk.Cast(image, sitk.sitkFloat32)
+    except RuntimeError as exc:
+        raise ImageReadError(
+            f"{path} has pixel type {image.GetPixelIDTypeAsString()}; expected real-valued HU"
+        ) from exc
     notes = []
     values = sitk.GetArrayViewFromImage(image)
     p1 = float(np.percentile(values[:: max(1, values.shape[0] // 16)], 1))

@@ -360,14 +360,43 @@ def test_uneven_spacing_above_one_percent_is_resampled(tmp_path):
     np.testing.assert_allclose(arr[[0, 1, 2, 5]], truth[[0, 1, 2, 5]], atol=1e-3)
 
 
-def test_gantry_tilt_raises(tmp_path):
-    img = make_image((6, 4, 5), (0.7, 0.7, 2.0), seed=11)
-    files = write_dicom_series(img, tmp_path)
-    origin = np.asarray(img.GetOrigin())
+@pytest.mark.parametrize("shear_mm", [0.5, -0.3])  # keeps the sampled field integer
+@pytest.mark.parametrize("gap", [2.0, 1.0])
+def test_gantry_tilt_is_resampled_onto_orthogonal_grid(tmp_path, shear_mm, gap):
+    # slice k is acquired with its origin shifted by k * shear_mm along y (tilted gantry);
+    # its pixels sample the linear field f = 3x + 10y + z exactly
+    n_k, n_j, n_i = 6, 12, 5
+    origin = np.array([-2.0, 4.0, 50.0])
+
+    def field(p):
+        return 3 * p[..., 0] + 10 * p[..., 1] + p[..., 2]
+
+    arr = np.zeros((n_k, n_j, n_i), np.float32)
+    jj, ii = np.meshgrid(np.arange(n_j), np.arange(n_i), indexing="ij")
+    for k in range(n_k):
+        pts = origin + np.stack([ii, jj + shear_mm * k, np.full_like(ii, gap * k)], axis=-1).astype(float)
+        arr[k] = field(pts)
+    img = sitk.GetImageFromArray(arr)
+    img.SetOrigin(tuple(origin))
+    files = write_dicom_series(img, tmp_path, {"SliceThickness": gap})
     for k, f in enumerate(files):
-        set_ipp(f, origin + (0, 0.35 * k, 2.0 * k))  # sheared along y, as a tilted gantry
-    with pytest.raises(GeometryError, match="gantry tilt"):
-        read_dicom_series(tmp_path)
+        set_ipp(f, origin + (0, shear_mm * k, gap * k))
+    scan = read_dicom_series(tmp_path)
+    assert any(n.startswith("resampled_gantry_tilt") for n in scan.info.notes)
+    out = scan.image
+    np.testing.assert_allclose(out.GetSpacing(), (1.0, 1.0, gap), atol=1e-9)
+    np.testing.assert_allclose(out.GetDirection(), np.eye(3).ravel(), atol=1e-12)
+    np.testing.assert_allclose(out.GetOrigin(), origin, atol=1e-6)
+    got = sitk.GetArrayFromImage(out)
+    kk, jj3, ii3 = np.meshgrid(np.arange(n_k), np.arange(n_j), np.arange(n_i), indexing="ij")
+    world = origin + np.stack([ii3, jj3, gap * kk], axis=-1).astype(float)
+    # inside the field of view of every slice (outside, edge values are replicated)
+    inside = (jj3 - shear_mm * kk >= 0) & (jj3 - shear_mm * kk <= n_j - 1)
+    np.testing.assert_allclose(got[inside], field(world)[inside], atol=1e-3)
+    # native index (i, j, k) of the sheared stack is the acquired pixel position
+    np.testing.assert_allclose(
+        native_index_to_world(scan.info, (3, 7, 4)), origin + (3, 7 + shear_mm * 4, gap * 4), atol=1e-6
+    )
 
 
 # --------------------------------------------------------------------------
