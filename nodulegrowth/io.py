@@ -190,6 +190,18 @@ class Scan:
         to superior).
     info : ScanInfo
         Technical metadata and the native (as stored) geometry.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np, SimpleITK as sitk
+    >>> im = sitk.GetImageFromArray(np.full((2, 3, 4), -1000, np.int16))
+    >>> im.SetDirection((1, 0, 0, 0, -1, 0, 0, 0, 1))  # rows stored anterior-up
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     scan = load_scan(write_volume(im, Path(d) / "ct.mha"))
+    >>> scan.image.GetDirection() == (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    True
+    >>> scan.info.native_direction[4], scan.image.GetPixelIDTypeAsString()
+    (-1.0, '32-bit float')
     """
 
     image: sitk.Image

@@ -151,6 +151,21 @@ def test_dicom_roundtrip_any_direction(tmp_path, name):
     np.testing.assert_allclose(d[:, 2], np.cross(d[:, 0], d[:, 1]), atol=1e-9)
 
 
+@pytest.mark.parametrize("name", ["identity", "oblique", "coronal"])
+def test_dicom_reader_agrees_with_gdcm(tmp_path, name):
+    # an independent reader (GDCM via SimpleITK) on the same files must agree
+    img = make_image((7, 8, 9), (0.75, 0.6, 1.5), direction=DIRECTIONS[name], seed=21)
+    write_dicom_series(img, tmp_path, shuffle_names=True, rng=5)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(tmp_path)))
+    gdcm = sitk.DICOMOrient(reader.Execute(), "LPS")
+    ours = read_dicom_series(tmp_path).image
+    np.testing.assert_allclose(ours.GetOrigin(), gdcm.GetOrigin(), atol=1e-6)
+    np.testing.assert_allclose(ours.GetSpacing(), gdcm.GetSpacing(), atol=1e-6)
+    np.testing.assert_allclose(ours.GetDirection(), gdcm.GetDirection(), atol=1e-6)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(gdcm))
+
+
 def test_dicom_native_index_counts_slices_along_normal(tmp_path):
     # left-handed stack: slice k of the written image lies *below* slice k-1
     img = make_image((5, 4, 3), (1.0, 1.0, 2.0), origin=(0, 0, 100.0), direction=np.diag([1.0, 1, -1]))
