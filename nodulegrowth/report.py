@@ -205,9 +205,9 @@ def load_measurements(measurements: pd.DataFrame | str | os.PathLike) -> pd.Data
                               f"({type(exc).__name__}); check it is the pipeline's "
                               "measurements.csv") from exc
     if "patient_id" not in df.columns:
-        raise ReportError(f"{source} has no 'patient_id' column (columns: "
-                          f"{', '.join(map(str, df.columns[:8]))}...); "
-                          "is this a measurements.csv?")
+        cols = ", ".join(map(str, df.columns[:8])) + (", ..." if len(df.columns) > 8 else "")
+        raise ReportError(f"{source} has no 'patient_id' column (columns: {cols or 'none'}); "
+                          "is this the pipeline's measurements.csv?")
     df = df.reset_index(drop=True)
     for col in _NUMERIC_COLUMNS:
         if col in df.columns:
@@ -622,7 +622,7 @@ def _draw_table(ax, header: Sequence[str], rows: Sequence[Sequence[str]],
     y = top
     for j, h in enumerate(header):
         ax.text(xs[j] + 0.005, y - 0.5 * line_h, h, fontsize=fontsize, fontweight="bold",
-                va="center", ha="left", transform=ax.transAxes)
+                va="center", ha="left", transform=ax.transAxes, in_layout=False)
     y -= line_h
     ax.plot([0, sum(widths)], [y, y], color="black", lw=0.8, transform=ax.transAxes,
             clip_on=False)
@@ -633,8 +633,10 @@ def _draw_table(ax, header: Sequence[str], rows: Sequence[Sequence[str]],
             ax.add_patch(_rect((0, y - n * line_h), sum(widths), n * line_h, ax))
         for j, c in enumerate(cells):
             for k, line in enumerate(c):
+                # in_layout=False: the table is placed in axes fractions, and
+                # measuring hundreds of texts makes constrained layout slow
                 ax.text(xs[j] + 0.005, y - (k + 0.5) * line_h, line, fontsize=fontsize,
-                        va="center", ha="left", transform=ax.transAxes)
+                        va="center", ha="left", transform=ax.transAxes, in_layout=False)
         y -= n * line_h
     ax.plot([0, sum(widths)], [y, y], color="black", lw=0.5, transform=ax.transAxes,
             clip_on=False)
@@ -750,7 +752,7 @@ def _page_size(stats, ok, groups, colours, sections: Sequence[str]):
         lo, hi = lo - 0.5, hi + 0.5
     bins = np.histogram_bin_edges(vals if vals.size else [0, 1], bins="auto", range=(lo, hi))
     bins = bins if len(bins) <= 31 else np.linspace(lo, hi, 31)
-    fs = 9 if len(sections) <= 2 else 8
+    fs = 10 if len(sections) <= 2 else 9
     for r, g in enumerate(sections):
         sub = ok if g == "all" else ok[ok["diagnosis"] == g]
         ax = fig.add_subplot(gs[r, 0])
@@ -806,9 +808,9 @@ def _hist_by_group(ax, sub, col, groups, colours, xlabel):
             color=[colours[g] for _, g in keep], label=[f"{g} (n={v.size})" for v, g in keep],
             edgecolor="white", linewidth=0.5)
     ax.axvline(0, color="black", lw=0.8, ls=":")
-    ax.set_xlabel(xlabel, fontsize=9)
-    ax.set_ylabel("nodules", fontsize=9)
-    ax.tick_params(labelsize=8)
+    ax.set_xlabel(xlabel, fontsize=10)
+    ax.set_ylabel("nodules", fontsize=10)
+    ax.tick_params(labelsize=9)
     ax.yaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize=7.5, frameon=False)
 
@@ -842,22 +844,34 @@ def _page_growth(df, stats, ok, groups, colours):
         if hi - lo < 0.2:
             lo, hi = lo - 0.1, hi + 0.1
         bins = np.logspace(lo, hi, min(25, max(6, both.size // 2)) + 1)
+        top = 0
         for v, cat, label in ((grow, "grew", "growing (VDT > 0)"),
                               (shrink, "shrank", "shrinking (|VDT|, VDT < 0)")):
             if v.size:
-                ax.hist(v, bins=bins, color=CATEGORY_COLOURS[cat], alpha=0.6,
-                        label=f"{label}: n={v.size}, median {np.median(v):,.0f} d")
+                counts, _, _ = ax.hist(v, bins=bins, color=CATEGORY_COLOURS[cat], alpha=0.6,
+                                       label=f"{label}: n={v.size}, median "
+                                       f"{np.median(v):,.0f} d")
+                top = max(top, counts.max())
+        # headroom: bars stay below 2/3 of the height, the legend and the
+        # reference-line labels above them, so nothing overlaps
+        ax.set_ylim(0, top * 1.5 + 0.5)
         ax.set_xscale("log")
+        from matplotlib.ticker import LogLocator, StrMethodFormatter, NullFormatter
+        # label 1-2-5 steps: decades alone are too sparse over a typical VDT range
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         for ref in (400, 600):
             # NELSON VDT bands: < 400 d fast growing, > 600 d indolent [4]_
             ax.axvline(ref, color="black", lw=0.8, ls="--")
-            ax.text(ref, 1.0, f" {ref} d", transform=ax.get_xaxis_transform(),
-                    fontsize=7, va="top", ha="left")
-        ax.set_xlabel("|volume doubling time| (days, log scale)", fontsize=9)
-        ax.set_ylabel("nodules", fontsize=9)
-        ax.tick_params(labelsize=8)
+            ax.text(ref, 0.69, f"{ref} d ", transform=ax.get_xaxis_transform(),
+                    fontsize=8, va="bottom", ha="right", rotation=90)
+        ax.set_xlabel("|volume doubling time| (days, log scale)", fontsize=10)
+        ax.set_ylabel("nodules", fontsize=10)
+        ax.tick_params(labelsize=9)
         ax.yaxis.get_major_locator().set_params(integer=True)
-        ax.legend(fontsize=7.5, frameon=False, loc="upper left", bbox_to_anchor=(0, 0.9))
+        ax.legend(fontsize=8, frameon=True, framealpha=1.0, edgecolor="white",
+                  loc="upper right")
         ax.set_title(f"Volume doubling time ({n_unch} with unchanged volume, no VDT)",
                      loc="left", fontsize=10)
     else:
@@ -870,7 +884,7 @@ def _page_growth(df, stats, ok, groups, colours):
     else:
         bar_groups = ["all", *groups] if len(groups) > 1 else ["all"]
         width = 0.8 / len(bar_groups)
-        ymax = 0.0
+        ymax, ticks, labels = 0.0, [], []
         for ci, (_, name) in enumerate(crits):
             for gi, g in enumerate(bar_groups):
                 x = ci + (gi - (len(bar_groups) - 1) / 2) * width
@@ -878,26 +892,36 @@ def _page_growth(df, stats, ok, groups, colours):
                 for cat in _CATEGORIES:
                     n = _stat(stats, "growth_category", "count", g, f"{name}|{cat}")
                     ax.bar(x, n, width * 0.9, bottom=bottom, color=CATEGORY_COLOURS[cat],
-                           edgecolor=colours.get(g, "black"), linewidth=1.5 if g != "all" else 0,
+                           edgecolor=colours.get(g, "black"), linewidth=2 if g != "all" else 0,
                            label=cat if (ci == 0 and gi == 0) else None)
                     if n > 0:
                         ax.text(x, bottom + n / 2, f"{n:.0f}", ha="center", va="center",
-                                fontsize=6.5, color="white" if cat != "stable" else "black")
+                                fontsize=7, color="white" if cat != "stable" else "black")
                     bottom += n
                 ymax = max(ymax, bottom)
-                if len(bar_groups) > 1:
-                    ax.text(x, bottom, g if g != NOT_GIVEN else "n/g", rotation=90, ha="center",
-                            va="bottom", fontsize=6.5, color=colours.get(g, "black"))
-        ax.set_xticks(range(len(crits)), [n for _, n in crits], fontsize=8)
-        ax.set_ylim(0, ymax * (1.35 if len(bar_groups) > 1 else 1.1) + 0.5)
-        ax.set_ylabel("nodules", fontsize=9)
-        ax.set_xlabel("growth criterion" + (" (bars: all, then each diagnosis; outline = "
-                                            "diagnosis colour)" if len(bar_groups) > 1 else ""),
-                      fontsize=8.5)
-        ax.tick_params(labelsize=8)
-        ax.legend(fontsize=7.5, frameon=False, ncols=3, loc="upper right")
-        ax.set_title("Growth category per criterion", loc="left", fontsize=10)
+                ticks.append(x)
+                labels.append("all" if g == "all" else _short(g, 10))
+        for ci, (_, name) in enumerate(crits):
+            ax.text(ci, ymax * 1.04, name.replace("_", " "), ha="center", va="bottom",
+                    fontsize=9, fontweight="bold")
+        ax.set_xticks(ticks, labels, fontsize=7 if len(ticks) <= 9 else 6,
+                      rotation=0 if len(ticks) <= 9 else 90)
+        if len(bar_groups) > 1:
+            for lab, g in zip(ax.get_xticklabels(), bar_groups * len(crits)):
+                lab.set_color(colours.get(g, "black"))
+        ax.set_ylim(0, ymax * 1.3 + 0.5)
+        ax.set_ylabel("nodules", fontsize=10)
+        ax.set_xlabel("diagnosis within each criterion (bar outline = diagnosis colour)"
+                      if len(bar_groups) > 1 else "growth criterion", fontsize=9)
+        ax.tick_params(axis="y", labelsize=9)
+        ax.legend(fontsize=8, frameon=False, ncols=3, loc="upper right",
+                  bbox_to_anchor=(1.0, 1.0))
+        ax.set_title("Growth category per criterion", loc="left", fontsize=11)
     return fig
+
+
+def _short(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def _page_waterfall(ok, groups, colours):
@@ -914,16 +938,16 @@ def _page_waterfall(ok, groups, colours):
     ax.text(1.0, 25, " +25 %", transform=ax.get_yaxis_transform(), fontsize=8, va="center")
     if np.nanmax(np.abs(v)) > 400:
         ax.set_yscale("symlog", linthresh=100)
-        ax.set_ylabel("volume change (%) — symmetric log scale beyond ±100 %", fontsize=9)
+        ax.set_ylabel("volume change (%) — symmetric log scale beyond ±100 %", fontsize=10)
     else:
-        ax.set_ylabel("volume change, 100 (V2 − V1) / V1 (%)", fontsize=9)
+        ax.set_ylabel("volume change, 100 (V2 − V1) / V1 (%)", fontsize=10)
     if v.size <= 60:
         labels = [f"{p}/{n}" for p, n in zip(sub["patient_id"], sub["nodule_id"])]
         ax.set_xticks(x, labels, rotation=90, fontsize=7 if v.size <= 40 else 5.5)
-        ax.set_xlabel("nodule (patient/nodule), sorted by volume change", fontsize=9)
+        ax.set_xlabel("nodule (patient/nodule), sorted by volume change", fontsize=10)
     else:
         ax.set_xticks([])
-        ax.set_xlabel(f"{v.size} nodules, sorted by volume change", fontsize=9)
+        ax.set_xlabel(f"{v.size} nodules, sorted by volume change", fontsize=10)
     ax.set_xlim(-0.7, max(v.size, 1) - 0.3)
     from matplotlib.patches import Patch
     handles = [Patch(color=colours[g], label=g) for g in groups if (sub["diagnosis"] == g).any()]
@@ -963,9 +987,9 @@ def _page_agreement(stats, ok, measure):
                 ba_ax.axhline(y, color="black", lw=0.8, ls="--")
         ba_ax.set_title(f"{label} (n={m.size})\nbias {_fmt(bias, 2)} mm, "
                         f"95 % LoA {_fmt(lo, 2)} to {_fmt(hi, 2)} mm", fontsize=9, loc="left")
-        ba_ax.set_xlabel("mean of pipeline and radiologist (mm)", fontsize=8.5)
-        ba_ax.set_ylabel("pipeline − radiologist (mm)", fontsize=8.5)
-        ba_ax.tick_params(labelsize=8)
+        ba_ax.set_xlabel("mean of pipeline and radiologist (mm)", fontsize=9.5)
+        ba_ax.set_ylabel("pipeline − radiologist (mm)", fontsize=9.5)
+        ba_ax.tick_params(labelsize=9)
         sc_ax.scatter(r, m, s=14, color=colour, edgecolor="black", lw=0.3)
         both = np.concatenate([m, r])
         a, b = float(both.min()), float(both.max())
@@ -976,9 +1000,9 @@ def _page_agreement(stats, ok, measure):
         sc_ax.set_ylim(a - pad, b + pad)
         sc_ax.set_aspect("equal", adjustable="box")
         sc_ax.set_title(f"Pearson r = {_fmt(rr, 3)}", fontsize=9, loc="left")
-        sc_ax.set_xlabel("radiologist (mm)", fontsize=8.5)
-        sc_ax.set_ylabel("pipeline (mm)", fontsize=8.5)
-        sc_ax.tick_params(labelsize=8)
+        sc_ax.set_xlabel("radiologist (mm)", fontsize=9.5)
+        sc_ax.set_ylabel("pipeline (mm)", fontsize=9.5)
+        sc_ax.tick_params(labelsize=9)
         sc_ax.legend(fontsize=7.5, frameon=False, loc="upper left")
     return fig
 
@@ -1034,7 +1058,7 @@ def _pages_failures(stats, df):
                                                         for n in names])
             bx.set_yticks(range(len(names)), names, fontsize=7.5)
             bx.invert_yaxis()
-            bx.set_xlabel("rows", fontsize=8.5)
+            bx.set_xlabel("rows", fontsize=9.5)
             bx.set_title("Rows per reason (failed, then each QC flag)", loc="left", fontsize=10)
             bx.tick_params(labelsize=7.5)
             bx.xaxis.get_major_locator().set_params(integer=True)
@@ -1102,7 +1126,7 @@ def _page_nodule(r, png: Path | None, colours):
     import matplotlib.image as mpimg
     fig = _new_page(f"Nodule {r['patient_id']} / {r['nodule_id']}",
                     f"diagnosis: {r['diagnosis']}; status: {r['status']}")
-    gs = fig.add_gridspec(1, 2, width_ratios=[1.9, 1])
+    gs = fig.add_gridspec(1, 2, width_ratios=[2.7, 1])
     ax = fig.add_subplot(gs[0])
     if png is not None:
         try:
@@ -1120,10 +1144,10 @@ def _page_nodule(r, png: Path | None, colours):
     tx = fig.add_subplot(gs[1])
     tx.set_axis_off()
     both, single = _nodule_table(r)
-    y = _draw_table(tx, ["", "T1", "T2"], both, [0.42, 0.29, 0.29], [22, 14, 14],
-                    line_h=0.034, fontsize=8.5)
-    _draw_table(tx, ["", ""], single, [0.42, 0.58], [22, 30], top=y - 0.04,
-                line_h=0.034, fontsize=8.5)
+    y = _draw_table(tx, ["", "T1", "T2"], both, [0.44, 0.28, 0.28], [20, 12, 12],
+                    line_h=0.032, fontsize=8)
+    _draw_table(tx, ["", ""], single, [0.44, 0.56], [20, 24], top=y - 0.03,
+                line_h=0.032, fontsize=8)
     return fig
 
 
@@ -1133,7 +1157,8 @@ def _page_nodule(r, png: Path | None, colours):
 def make_report(measurements: pd.DataFrame | str | os.PathLike, out_dir: str | os.PathLike, *,
                 nodule_dir: str | os.PathLike | None = None,
                 title: str = "nodulegrowth cohort report",
-                agreement_measure: str = "mean_diameter") -> Path:
+                agreement_measure: str = "mean_diameter",
+                per_nodule_png: bool = False) -> Path:
     """Render the cohort report from a measurements table.
 
     Parameters
@@ -1154,6 +1179,10 @@ def make_report(measurements: pd.DataFrame | str | os.PathLike, out_dir: str | o
         Title of the first page.
     agreement_measure : {"mean_diameter", "long_axis", "max_3d_diameter"}
         Pipeline diameter compared with the radiologists' diameters.
+    per_nodule_png : bool
+        Also write each per-nodule page as ``figures/nodule_<name>.png``
+        (off by default: the page shows ``nodules/<name>.png`` and the row of
+        ``measurements.csv``, and rendering it twice doubles the run time).
 
     Returns
     -------
@@ -1256,9 +1285,10 @@ def make_report(measurements: pd.DataFrame | str | os.PathLike, out_dir: str | o
         pdf_path = out / "report.pdf"
         with _atomic_path(pdf_path) as tmp_pdf:
             with PdfPages(tmp_pdf, metadata={"Title": title, "Creator": "nodulegrowth"}) as pdf:
-                def emit(name, fig):
+                def emit(name, fig, png=True):
                     pdf.savefig(fig)
-                    _save_png(fig, fig_dir / f"{name}.png")
+                    if png:
+                        _save_png(fig, fig_dir / f"{name}.png")
                     plt.close(fig)
                 for name, factory in pages:
                     emit(name, factory())
@@ -1271,7 +1301,9 @@ def make_report(measurements: pd.DataFrame | str | os.PathLike, out_dir: str | o
                     while name in used:
                         name += "_dup"
                     used.add(name)
-                    emit(name, _page_nodule(r, png, colours))
+                    # per-nodule pages go to the PDF only: their image is
+                    # already nodules/<name>.png and their numbers are the row
+                    emit(name, _page_nodule(r, png, colours), png=per_nodule_png)
         with _atomic_path(out / "cohort_summary.csv") as tmp_csv:
             stats.to_csv(tmp_csv, index=False)
     return pdf_path
@@ -1417,7 +1449,7 @@ def render_nodule_check(path: str | os.PathLike, *, t1_image, t1_mask, t2_image,
                               extent=ext, origin="upper", interpolation="nearest")
                     if marr is not None and marr[kk].any():
                         ax.contour(u, v, marr[kk].astype(float), levels=[0.5],
-                                   colors=TIME_POINT_COLOURS[tp], linewidths=1.3)
+                                   colors=TIME_POINT_COLOURS[tp], linewidths=1.8)
                     ax.set_xlabel("x (mm from centre; patient's right ← → left)", fontsize=8)
                     ax.set_ylabel("y (mm; anterior ↑)", fontsize=8)
                     off_axis, plane_pos, half = 2, kk, sp[2] / 2
@@ -1428,7 +1460,7 @@ def render_nodule_check(path: str | os.PathLike, *, t1_image, t1_mask, t2_image,
                               extent=ext, origin="lower", interpolation="nearest")
                     if marr is not None and marr[:, jj, :].any():
                         ax.contour(u, w, marr[:, jj, :].astype(float), levels=[0.5],
-                                   colors=TIME_POINT_COLOURS[tp], linewidths=1.3)
+                                   colors=TIME_POINT_COLOURS[tp], linewidths=1.8)
                     ax.set_xlabel("x (mm from centre)", fontsize=8)
                     ax.set_ylabel("z (mm; superior ↑)", fontsize=8)
                     off_axis, plane_pos, half = 1, jj, sp[1] / 2
@@ -1482,10 +1514,10 @@ def _mask_array(mask) -> np.ndarray:
 
 def _check_text(info: Mapping[str, Any]) -> str:
     """Monospaced measurement block of the visual check."""
-    lines = [f"{'':<15}{'T1':>10}{'T2':>11}"]
+    lines = [f"{'':<21}{'T1':>9}{'T2':>9}"]
     for label, c, u, d in _NODULE_ROWS[:5]:
         a, b = info.get(f"t1_{c}"), info.get(f"t2_{c}")
-        lines.append(f"{label + ' (' + u + ')':<15}{_fmt(a, d):>10}{_fmt(b, d):>11}")
+        lines.append(f"{label + ' (' + u + ')':<21}{_fmt(a, d):>9}{_fmt(b, d):>9}")
     lines.append("")
     for label, key, unit, d in (("interval", "interval_days", "days", 0),
                                 ("diam. change", "diameter_change_mm", "mm", 2),
