@@ -250,6 +250,17 @@ def test_shuffled_names_stray_files_and_subfolders(tmp_path):
     assert len(skipped) == 1 and "README.txt" in skipped[0] and "DICOMDIR" in skipped[0]
 
 
+def test_files_without_preamble_are_read(tmp_path):
+    # old exports omit the 128-byte preamble and "DICM" prefix
+    img = make_image((4, 5, 6), seed=14)
+    for f in write_dicom_series(img, tmp_path):
+        f.write_bytes(f.read_bytes()[132:])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing may be skipped
+        scan = read_dicom_series(tmp_path)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(scan.image), sitk.GetArrayFromImage(img))
+
+
 def test_order_ignores_instance_number_and_file_names(tmp_path):
     img = make_image((6, 5, 4), seed=2)
     files = write_dicom_series(img, tmp_path)
