@@ -667,6 +667,11 @@ def write_dicom_series(
         If the image is not 3-D scalar, contains NaN, a tag is unknown or
         protected, or a file cannot be written.
 
+    References
+    ----------
+    NEMA PS3.3, A.3 "CT Image IOD", C.7.6.2 "Image Plane Module", C.8.2.1
+    "CT Image Module"; PS3.10, 7.1 "DICOM File Meta Information".
+
     Examples
     --------
     >>> import tempfile, numpy as np, SimpleITK as sitk
@@ -1058,6 +1063,11 @@ def read_dicom_series(folder: str | os.PathLike) -> Scan:
         series has a single slice, or pixel data cannot be decoded.
     GeometryError
         On invalid orientation or conflicting duplicate slices.
+
+    References
+    ----------
+    .. [1] NEMA PS3.3, C.7.6.2 "Image Plane Module" and C.11.1 "Modality LUT
+       Module". https://dicom.nema.org/medical/dicom/current/output/html/part03.html
 
     Examples
     --------
