@@ -991,7 +991,8 @@ def read_dicom_series(folder: str | os.PathLike) -> Scan:
        series in sub-folders). Every file is read with pydicom; files that
        are not DICOM or are unreadable are skipped with a
        :class:`UserWarning` naming them (also ``skipped_files`` note).
-    2. **Series.** Files are grouped by SeriesInstanceUID. A file can be a
+    2. **Series.** Files are grouped by SeriesInstanceUID (by SeriesNumber
+       when the UID is missing). A file can be a
        slice only if it is a CT image (Modality ``CT``, pixel data,
        ImageOrientationPatient, ImagePositionPatient, PixelSpacing,
        single-frame) and not a localizer (ImageType contains ``LOCALIZER``).
@@ -1106,7 +1107,9 @@ def read_dicom_series(folder: str | os.PathLike) -> Scan:
         if problem is not None:
             rejected[problem] += 1
             continue
-        series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((path, ds))
+        # anonymisers sometimes strip the UID; SeriesNumber still separates series
+        key = str(ds.get("SeriesInstanceUID", "") or "") or f"number:{ds.get('SeriesNumber', '')}"
+        series.setdefault(key, []).append((path, ds))
 
     if skipped:
         shown = ", ".join(skipped[:10]) + (f" and {len(skipped) - 10} more" if len(skipped) > 10 else "")

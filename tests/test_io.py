@@ -286,6 +286,18 @@ def test_two_series_most_slices_wins(tmp_path):
     assert note and "10 slices" in note[0] and "6 slices" in note[0]
 
 
+def test_series_without_uid_are_separated_by_series_number(tmp_path):
+    big = make_image((7, 5, 6), (0.7, 0.7, 1.0), seed=16)
+    small = make_image((4, 5, 6), (0.7, 0.7, 2.0), seed=17)
+    files = write_dicom_series(big, tmp_path, series_number=2) + write_dicom_series(small, tmp_path, series_number=3)
+    for f in files:
+        ds = pydicom.dcmread(f)
+        del ds.SeriesInstanceUID
+        ds.save_as(f)
+    scan = read_dicom_series(tmp_path)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(scan.image), sitk.GetArrayFromImage(big))
+
+
 def test_localizer_and_other_orientation_in_same_series_are_ignored(tmp_path):
     img = make_image((5, 6, 7), seed=4)
     files = write_dicom_series(img, tmp_path)
