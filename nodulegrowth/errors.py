@@ -21,6 +21,10 @@ class ImageReadError(NoduleGrowthError):
     """An image (DICOM series folder or volume file) cannot be read as a CT."""
 
 
+class ImageWriteError(NoduleGrowthError):
+    """An image or DICOM series cannot be written (bad argument or I/O failure)."""
+
+
 class GeometryError(NoduleGrowthError):
     """Image geometry is unusable (missing slices, uneven spacing, point outside the image)."""
 

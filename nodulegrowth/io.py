@@ -60,7 +60,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, gene
 from pydicom.valuerep import format_number_as_ds
 from scipy import ndimage
 
-from .errors import GeometryError, ImageReadError, NoduleGrowthError
+from .errors import GeometryError, ImageReadError, ImageWriteError, NoduleGrowthError
 
 __all__ = [
     "Scan",
@@ -97,13 +97,6 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 #: Offset added to HU before storing as integers; undone by RescaleIntercept.
 _HU_OFFSET = 1024
-
-
-class ImageWriteError(NoduleGrowthError):
-    """An image or DICOM series cannot be written (bad argument or I/O failure).
-
-    Defined here because :mod:`nodulegrowth.errors` has no write error yet.
-    """
 
 
 # --------------------------------------------------------------------------
