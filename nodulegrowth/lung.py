@@ -205,7 +205,8 @@ def body_mask(image: sitk.Image) -> sitk.Image:
     >>> a = np.full((10, 30, 30), -1000, np.float32)
     >>> a[:, 5:25, 5:25] = 40
     >>> a[:, 10:20, 10:20] = -850
-    >>> m = sitk.GetArrayFromImage(body_mask(sitk.GetImageFromArray(a)))
+    >>> img = sitk.GetImageFromArray(a); img.SetSpacing((2.0, 2.0, 2.0))
+    >>> m = sitk.GetArrayFromImage(body_mask(img))
     >>> int(m.sum()) == 10 * 20 * 20
     True
     """
@@ -360,7 +361,7 @@ def lung_mask(image: sitk.Image) -> sitk.Image:
     >>> a[5:35, 20:60, 44:68] = -850                 # left lung
     >>> img = sitk.GetImageFromArray(a); img.SetSpacing((2.0, 2.0, 2.0))
     >>> m = sitk.GetArrayFromImage(lung_mask(img))
-    >>> round(m.sum() * 8 / 1e6, 2)                  # litres
+    >>> round(float(m.sum()) * 8 / 1e6, 2)           # litres
     0.46
     """
     _check_image(image)

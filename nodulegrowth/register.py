@@ -190,13 +190,6 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2.0 * np.logical_and(a, b).sum() / s) if s else 0.0
 
 
-def _final_metric(method, n_maps: int) -> float | None:
-    try:
-        return float(method.GetTransformParameterObject().GetParameter(n_maps - 1, "FinalMetricValue")[0])
-    except Exception:  # older elastix builds do not record it
-        return None
-
-
 @dataclass(frozen=True)
 class LocalRefinement:
     """Result of a local (per-nodule) refinement of the registration.
@@ -211,7 +204,8 @@ class LocalRefinement:
         :math:`\\lVert \\mathbf{p}_{local} - \\mathbf{p}_{global} \\rVert_2`,
         the correction the local stage made (mm).
     metric : float or None
-        Final normalised-correlation metric of the local stage (-1 is perfect).
+        Normalised cross-correlation of the T1 VOI and the registered T2 VOI
+        (1 is perfect); None when the local stage did not run.
     flags : tuple of str
         ``local_registration_failed`` when the VOI registration did not run
         (the global point is then returned).
@@ -246,8 +240,8 @@ class Registration:
     qc : dict
         ``lung_dice`` (Dice of T1 lung mask and warped T2 lung mask on the
         global grid), ``lung_dice_before`` (same before registration, with the
-        centre-of-mass shift only), ``final_metric`` (normalised correlation of
-        the last stage), ``seconds`` (wall time), ``grid_spacing_mm``.
+        centre-of-mass shift only), ``lung_ncc`` (normalised cross-correlation
+        of T1 and warped T2 inside the T1 lung mask), ``seconds`` (wall time), ``grid_spacing_mm``.
     flags : tuple of str
         ``registration_low_overlap`` when ``lung_dice`` < :data:`LOW_OVERLAP_DICE`.
     parameter_object : itk.ParameterObject
@@ -335,7 +329,7 @@ class Registration:
         Examples
         --------
         >>> ref = reg.refine((10.0, -20.0, 30.0), t1, t2)    # doctest: +SKIP
-        >>> ref.residual_mm < 5
+        >>> ref.residual_mm < 5                              # doctest: +SKIP
         True
         """
         p = np.asarray(point_xyz, dtype=float).reshape(-1)
@@ -362,7 +356,9 @@ class Registration:
         tr = method.GetCombinationTransform()
         r = np.array(tr.TransformPoint([float(v) for v in p]))
         out = r + d
-        return LocalRefinement(out, q, float(np.linalg.norm(out - q)), _final_metric(method, 1), ())
+        warped = _warp(itk, method.GetTransformParameterObject(), m_voi, 1, -1024.0)
+        ncc = _ncc(sitk.GetArrayViewFromImage(f_voi), warped)
+        return LocalRefinement(out, q, float(np.linalg.norm(out - q)), ncc, ())
 
 
 def _write_parameter_map(pmap, path: Path) -> None:
@@ -513,11 +509,13 @@ def register_pair(fixed: sitk.Image, moving: sitk.Image, *, fixed_mask: sitk.Ima
     fa = sitk.GetArrayViewFromImage(fm_lo) > 0
     dice_before = _dice(fa, sitk.GetArrayViewFromImage(
         sitk.Resample(mm_lo, f_lo, sitk.Transform(), sitk.sitkNearestNeighbor, 0)) > 0)
-    warped = _warp_mask(itk, result_params, mm_lo)
-    dice = _dice(fa, warped)
+    dice = _dice(fa, _warp(itk, result_params, mm_lo, 0, 0.0) > 0.5)
+    # NCC of the images inside the T1 lung mask (the metric elastix optimised)
+    ncc = _ncc(sitk.GetArrayViewFromImage(f_lo)[fa], _warp(itk, result_params, m_lo, 1, -1024.0)[fa])
     qc = {
         "lung_dice": dice,
         "lung_dice_before": dice_before,
+        "lung_ncc": ncc,
         "grid_spacing_mm": tuple(float(s) for s in f_lo.GetSpacing()),
         "initial_shift_mm": tuple(float(v) for v in d),
         "seconds": time.perf_counter() - t0,
@@ -526,18 +524,30 @@ def register_pair(fixed: sitk.Image, moving: sitk.Image, *, fixed_mask: sitk.Ima
     return Registration(transform, d, qc, flags, result_params, number_of_threads, wd)
 
 
-def _warp_mask(itk, result_params, moving_mask: sitk.Image) -> np.ndarray:
-    """Moving mask pulled onto the fixed (global) grid by transformix.
+def _warp(itk, result_params, moving: sitk.Image, order: int, default: float) -> np.ndarray:
+    """Moving image pulled onto the fixed grid of ``result_params`` by transformix.
 
-    Resamples only the low-resolution mask (nearest neighbour, order 0), for
-    the quality check; points are never mapped this way.
+    Only low-resolution images and small VOIs are warped this way, for the
+    quality figures; points are never mapped by resampling.
     """
     po = itk.ParameterObject.New()
     for i in range(result_params.GetNumberOfParameterMaps()):
         pm = result_params.GetParameterMap(i)
-        pm["FinalBSplineInterpolationOrder"] = ["0"]
-        pm["DefaultPixelValue"] = ["0"]
+        pm["FinalBSplineInterpolationOrder"] = [str(order)]
+        pm["DefaultPixelValue"] = [repr(float(default))]
         pm["ResultImagePixelType"] = ["float"]
         po.AddParameterMap(pm)
-    warped = itk.transformix_filter(sitk_to_itk(moving_mask), po)
-    return itk.array_from_image(warped) > 0.5
+    warped = itk.transformix_filter(sitk_to_itk(moving), po)
+    return itk.array_from_image(warped)
+
+
+def _ncc(a: np.ndarray, b: np.ndarray) -> float:
+    """Normalised cross-correlation :math:`\\sum (a-\\bar a)(b-\\bar b) / (n\\,\\sigma_a \\sigma_b)`."""
+    a = np.asarray(a, float).ravel()
+    b = np.asarray(b, float).ravel()
+    if a.size < 2:
+        return float("nan")
+    a = a - a.mean()
+    b = b - b.mean()
+    den = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / den) if den > 0 else float("nan")
