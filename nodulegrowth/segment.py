@@ -446,15 +446,20 @@ def segment_nodule(volume_hu, spacing_zyx, seed_zyx, *, lung_mask=None, nodule_t
         location = "juxtapleural"
         flags.append("touches_pleura")
     else:
-        removed = comp & ~mask
-        if removed.any():
-            lab, n = ndimage.label(removed, structure=_CONN6)
-            touching = np.unique(lab[near & removed])
-            touching = touching[touching > 0]
-            if touching.size:
-                # an attachment counts when it reaches well away from the nodule
-                # surface; the opening also shaves off single boundary voxels
-                reach = ndimage.maximum(_distance_to(mask, sp), lab, touching)
+        # juxtavascular: a dense non-wall structure attached to the nodule (cut
+        # off by the opening) or passing within about a voxel of its surface
+        # (blur and thick slices may hide a narrow contact)
+        others = (sm >= t) & ~mask & ~wall
+        if others.any():
+            d_mask = _distance_to(mask, sp)
+            close = others & (d_mask <= max(1.0, 1.5 * inplane))
+            if close.any():
+                lab, _ = ndimage.label(others, structure=_CONN6)
+                touching = np.unique(lab[close])
+                touching = touching[touching > 0]
+                # it must reach well away from the surface: the opening also
+                # shaves off single boundary voxels, and noise makes specks
+                reach = ndimage.maximum(d_mask, lab, touching)
                 if np.any(np.asarray(reach) >= max(1.5, 2.0 * inplane)):
                     location = "juxtavascular"
     border = np.zeros_like(mask)
