@@ -1,0 +1,1831 @@
+"""Synthetic paired chest-CT phantoms with analytically known nodule truth.
+
+The whole project measures itself against this module, so the phantom is
+
+* **realistic enough**: a full chest in Hounsfield units (air, skin,
+  subcutaneous fat, muscle, ribs, sternum, vertebrae, mediastinum, heart,
+  aorta, trachea and main bronchi, two lungs with a gravity gradient and
+  texture, a random branching pulmonary vessel tree, liver and stomach below
+  the diaphragm), blurred by an in-plane Gaussian point-spread function,
+  averaged over the slice thickness (box profile along z) and corrupted by
+  slightly correlated Gaussian noise;
+* **deterministic**: everything derives from ``numpy.random.default_rng``
+  seeded by ``seed`` (independent child streams for anatomy, nodules,
+  repositioning, acquisition and tags, so overriding one part does not
+  change the others);
+* **honest**: the truth (centres, volumes, diameters) is computed from the
+  continuous shapes -- analytically for spheres and ellipsoids, by
+  converged numerical integration of the implicit function otherwise --
+  never from the rendered voxels.
+
+Frames
+------
+The anatomy lives in a *body frame* (LPS, mm). The T1 world frame **is** the
+body frame. The T2 world frame is related to it by a smooth breathing
+deformation followed by a rigid repositioning (see :class:`PairGeometry`):
+
+.. math::
+
+    \\mathbf{w}_2 = F(\\mathbf{b}) = R\\,(B(\\mathbf{b}) - \\mathbf{c}) + \\mathbf{c} + \\mathbf{t}
+
+where :math:`B` is the breathing map, :math:`R, \\mathbf{t}` the rigid
+rotation and translation and :math:`\\mathbf{c}` the body centre. The inverse
+:math:`F^{-1}` is closed-form (the breathing map is *defined* through its
+inverse), the forward map is solved numerically for nodule centres.
+
+Nodules are not deformed by breathing (tissue is incompressible): at T2 a
+nodule is the T1 shape rotated by :math:`R`, scaled isotropically by
+:math:`r^{1/3}` (:math:`r` = volume ratio T2/T1) and centred at
+:math:`F(\\mathbf{c}_1)`.
+
+Public API
+----------
+:func:`make_pair`, :func:`write_pair`, :func:`write_cohort`,
+:func:`manifest_rows` and the dataclasses :class:`ScanSpec`,
+:class:`NoduleSpec`, :class:`PairSpec`, :class:`PhantomPair`,
+:class:`PairGeometry`.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as _dt
+import gzip
+import io as _io
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+from scipy.spatial import ConvexHull
+from scipy.spatial.distance import pdist
+from scipy.spatial.transform import Rotation
+
+from .errors import GeometryError, NoduleGrowthError
+
+__all__ = [
+    "PhantomSpecError",
+    "ScanSpec",
+    "NoduleSpec",
+    "PairSpec",
+    "PairGeometry",
+    "PhantomPair",
+    "PRESETS",
+    "make_pair",
+    "write_pair",
+    "write_cohort",
+    "manifest_rows",
+    "TRUTH_COLUMNS",
+    "MANIFEST_COLUMNS",
+]
+
+
+class PhantomSpecError(NoduleGrowthError):
+    """A phantom specification is invalid (unknown kind, size out of range...).
+
+    Defined here because :mod:`nodulegrowth.errors` has no phantom-specific
+    error; it is a :class:`~nodulegrowth.errors.NoduleGrowthError`.
+    """
+
+
+KINDS = ("solid", "ground_glass", "part_solid")
+SHAPES = ("sphere", "ellipsoid", "lobulated")
+LOCATIONS = ("isolated", "juxtavascular", "juxtapleural")
+
+TRUTH_COLUMNS = [
+    "patient_id", "nodule_id", "kind", "shape", "location",
+    "t1_x", "t1_y", "t1_z", "t2_x", "t2_y", "t2_z",
+    "t1_volume_mm3", "t2_volume_mm3",
+    "t1_long_axis_mm", "t1_short_axis_mm", "t1_mean_diameter_mm", "t1_max_3d_diameter_mm",
+    "t2_long_axis_mm", "t2_short_axis_mm", "t2_mean_diameter_mm", "t2_max_3d_diameter_mm",
+    "t1_solid_volume_mm3", "t2_solid_volume_mm3",
+    "interval_days", "volume_ratio", "t1_date", "t2_date",
+    "volume_rel_precision", "diameter_precision_mm",
+]
+
+MANIFEST_COLUMNS = [
+    "patient_id", "nodule_id", "t1_image", "t2_image", "t1_date", "t2_date",
+    "t1_x", "t1_y", "t1_z", "t1_i", "t1_j", "t1_k", "t2_x", "t2_y", "t2_z",
+    "t1_diameter_mm", "t2_diameter_mm", "diagnosis",
+]
+
+# HU of the tissues (typical values, e.g. Lev & Gonzalez, "CT Angiography",
+# and standard CT tables); lung parenchyma ~ -850 at full inspiration.
+HU_AIR = -1000.0
+HU_FAT = -100.0
+HU_SKIN = 30.0
+HU_MUSCLE = 45.0
+HU_BLOOD = 40.0
+HU_MEDIASTINAL_FAT = -90.0
+HU_LIVER = 55.0
+HU_LUNG = -855.0
+HU_CORTICAL = 850.0
+HU_CANCELLOUS = 230.0
+HU_DISC = 90.0
+HU_CSF = 20.0
+HU_PAD = -1024.0  # value outside the circular reconstruction field of view
+
+
+# ---------------------------------------------------------------------------
+# specifications
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScanSpec:
+    """Acquisition geometry and physics of one phantom scan.
+
+    Attributes
+    ----------
+    size_xy : int
+        Number of rows = columns of the axial slices.
+    spacing_xy : float
+        In-plane pixel spacing in mm.
+    n_slices : int
+        Number of axial slices.
+    slice_spacing : float
+        Distance in mm between slice centres along z.
+    slice_thickness : float
+        Reconstructed slice thickness in mm: the full width of the box
+        profile over which each slice averages the object along z.
+    noise_sd : float
+        Standard deviation of the added noise in HU.
+    psf_fwhm_mm : float or None
+        Full width at half maximum of the in-plane Gaussian point-spread
+        function in mm; ``None`` uses ``max(0.9, spacing_xy)``.
+    noise_corr_px : float
+        Gaussian correlation length (sigma, in pixels, in-plane) of the noise.
+    z_coverage_center : float
+        Centre of the scanned z range relative to the carina level, in mm
+        (body frame), before repositioning.
+    center_offset_xy : tuple of 2 float
+        Offset in mm of the field-of-view centre from the body centre (x, y).
+    direction : tuple of 9 float or None
+        Row-major direction cosine matrix (ITK order); ``None`` = identity.
+    fov_circle : bool
+        If True, voxels outside the inscribed circle of the axial field of
+        view are set to -1024 HU like the padding of real scanners.
+    kvp, kernel, manufacturer, model : str or float
+        Acquisition tags reported in the DICOM tags.
+    """
+
+    size_xy: int = 160
+    spacing_xy: float = 2.25
+    n_slices: int = 100
+    slice_spacing: float = 2.5
+    slice_thickness: float = 2.5
+    noise_sd: float = 12.0
+    psf_fwhm_mm: float | None = None
+    noise_corr_px: float = 0.7
+    z_coverage_center: float = -35.0
+    center_offset_xy: tuple[float, float] = (0.0, 0.0)
+    direction: tuple[float, ...] | None = None
+    fov_circle: bool = True
+    kvp: float = 120.0
+    kernel: str = "B40f"
+    manufacturer: str = "SIEMENS"
+    model: str = "SOMATOM Definition AS"
+
+    def validate(self, name: str = "scan") -> None:
+        """Raise :class:`PhantomSpecError` if a field is out of range."""
+        if int(self.size_xy) < 16 or int(self.n_slices) < 4:
+            raise PhantomSpecError(
+                f"{name}: size_xy={self.size_xy}, n_slices={self.n_slices} too small; use >= 16 and >= 4"
+            )
+        for key in ("spacing_xy", "slice_spacing", "slice_thickness"):
+            v = float(getattr(self, key))
+            if not (0.1 <= v <= 10.0):
+                raise PhantomSpecError(f"{name}: {key}={v} mm outside [0.1, 10]; give a CT-like spacing")
+        if float(self.noise_sd) < 0:
+            raise PhantomSpecError(f"{name}: noise_sd={self.noise_sd} < 0; use a non-negative HU value")
+        if self.direction is not None:
+            d = np.asarray(self.direction, float).reshape(3, 3) if len(self.direction) == 9 else None
+            if d is None or not np.allclose(d.T @ d, np.eye(3), atol=1e-6):
+                raise PhantomSpecError(f"{name}: direction={self.direction} is not an orthonormal 3x3 matrix")
+
+    @property
+    def direction_matrix(self) -> np.ndarray:
+        """3x3 direction matrix (columns = world directions of i, j, k)."""
+        if self.direction is None:
+            return np.eye(3)
+        return np.asarray(self.direction, float).reshape(3, 3)
+
+    @property
+    def psf_fwhm(self) -> float:
+        """Effective in-plane PSF FWHM in mm."""
+        return float(self.psf_fwhm_mm) if self.psf_fwhm_mm is not None else max(0.9, float(self.spacing_xy))
+
+
+@dataclass(frozen=True)
+class NoduleSpec:
+    """What nodule to draw; ``None`` fields are drawn at random from the seed.
+
+    Attributes
+    ----------
+    kind : {'solid', 'ground_glass', 'part_solid'} or None
+    shape : {'sphere', 'ellipsoid', 'lobulated'} or None
+        ``ellipsoid`` = rotated ellipsoid with random orientation and axis
+        ratios; ``lobulated`` = union of a central sphere and 3-5
+        overlapping lobes (spheres).
+    location : {'isolated', 'juxtavascular', 'juxtapleural'} or None
+    diameter_mm : float or None
+        T1 size as the volume-equivalent sphere diameter
+        :math:`d = (6V/\\pi)^{1/3}` of the unclipped shape, 4-30 mm.
+    volume_ratio : float or None
+        :math:`V_2 / V_1` of the shape (1 = stable, > 1 growth, < 1
+        shrinkage); the shape is scaled isotropically by its cube root.
+    side : {'left', 'right'} or None
+        Lung (patient's left = +x in LPS).
+    core_fraction : float or None
+        Part-solid only: linear size of the solid core relative to the whole
+        nodule, in (0, 1).
+    hu : float or None
+        HU of the (solid or ground-glass) nodule tissue.
+    core_hu : float or None
+        HU of the solid core of a part-solid nodule.
+    """
+
+    kind: str | None = None
+    shape: str | None = None
+    location: str | None = None
+    diameter_mm: float | None = None
+    volume_ratio: float | None = None
+    side: str | None = None
+    core_fraction: float | None = None
+    hu: float | None = None
+    core_hu: float | None = None
+
+    def validate(self, name: str = "nodule") -> None:
+        """Raise :class:`PhantomSpecError` if a given field is invalid."""
+        for key, allowed in (("kind", KINDS), ("shape", SHAPES), ("location", LOCATIONS),
+                             ("side", ("left", "right"))):
+            v = getattr(self, key)
+            if v is not None and v not in allowed:
+                raise PhantomSpecError(f"{name}: {key}={v!r} unknown; use one of {allowed}")
+        if self.diameter_mm is not None and not (4.0 <= float(self.diameter_mm) <= 30.0):
+            raise PhantomSpecError(f"{name}: diameter_mm={self.diameter_mm} outside [4, 30] mm")
+        if self.volume_ratio is not None and not (0.05 <= float(self.volume_ratio) <= 20.0):
+            raise PhantomSpecError(
+                f"{name}: volume_ratio={self.volume_ratio} outside [0.05, 20]; 1.0 means stable"
+            )
+        if self.core_fraction is not None and not (0.1 <= float(self.core_fraction) <= 0.9):
+            raise PhantomSpecError(f"{name}: core_fraction={self.core_fraction} outside [0.1, 0.9]")
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    """Everything that defines a phantom pair; ``None`` = random from the seed.
+
+    Attributes
+    ----------
+    t1_scan, t2_scan : ScanSpec
+        Acquisition of each time point.
+    nodules : tuple of NoduleSpec or None
+        Nodules to draw; ``None`` draws ``n_nodules`` random ones.
+    n_nodules : int or None
+        Number of random nodules (1-3 when ``None``).
+    translation_mm : tuple of 3 float or None
+        Rigid translation (x, y, z) of T2 in mm, each in [-20, 20].
+    rotation_deg : tuple of 3 float or None
+        Rigid rotation angles about x, y, z (extrinsic, degrees), each in
+        [-5, 5], about the body centre.
+    breathing_cc, breathing_ap : float or None
+        Relative craniocaudal (|.| <= 0.08) and anteroposterior
+        (|.| <= 0.04) stretch of the chest at T2 (positive = deeper breath).
+    interval_days : int or None
+        Days between T1 and T2.
+    t1_date : datetime.date or None
+        Date of T1.
+    patient_id : str or None
+        Pseudonymous patient identifier (default derived from the seed).
+    """
+
+    t1_scan: ScanSpec = field(default_factory=ScanSpec)
+    t2_scan: ScanSpec = field(default_factory=ScanSpec)
+    nodules: tuple[NoduleSpec, ...] | None = None
+    n_nodules: int | None = None
+    translation_mm: tuple[float, float, float] | None = None
+    rotation_deg: tuple[float, float, float] | None = None
+    breathing_cc: float | None = None
+    breathing_ap: float | None = None
+    interval_days: int | None = None
+    t1_date: _dt.date | None = None
+    patient_id: str | None = None
+
+
+PRESETS: dict[str, dict[str, ScanSpec]] = {
+    # coarse full-chest phantom for tests and the shipped samples
+    "small": {
+        "t1": ScanSpec(size_xy=160, spacing_xy=2.25, n_slices=100, slice_spacing=2.5,
+                       slice_thickness=2.5, noise_sd=12.0),
+        "t2": ScanSpec(size_xy=160, spacing_xy=2.3, n_slices=104, slice_spacing=2.5,
+                       slice_thickness=2.5, noise_sd=14.0, kernel="B45f",
+                       z_coverage_center=-33.0),
+    },
+    # clinical thin-slice chest CT: 512 x 512 at 0.7 mm, 250 slices of 1 mm
+    "full": {
+        "t1": ScanSpec(size_xy=512, spacing_xy=0.7, n_slices=250, slice_spacing=1.0,
+                       slice_thickness=1.0, noise_sd=18.0, psf_fwhm_mm=0.9),
+        "t2": ScanSpec(size_xy=512, spacing_xy=0.72, n_slices=260, slice_spacing=1.0,
+                       slice_thickness=1.25, noise_sd=22.0, psf_fwhm_mm=1.0, kernel="B45f",
+                       z_coverage_center=-32.0),
+    },
+}
+
+
+# ---------------------------------------------------------------------------
+# small numeric helpers
+# ---------------------------------------------------------------------------
+
+
+def _occ(sd: np.ndarray, h: float) -> np.ndarray:
+    """Anti-aliased occupancy of ``sd < 0`` (linear ramp one voxel wide).
+
+    A ramp of width :math:`h` in the signed distance approximates the area
+    fraction of a voxel of size :math:`h` cut by a locally flat surface:
+    :math:`o = \\mathrm{clip}(1/2 - s/h, 0, 1)`.
+    """
+    return np.clip(0.5 - sd / h, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def _blend(v: np.ndarray, hu: float | np.ndarray, occ: np.ndarray) -> None:
+    """In place: tissue ``hu`` replaces ``v`` by the occupancy fraction."""
+    v *= 1.0 - occ
+    v += occ * hu
+
+
+def _ellipse_sd(x, y, a, b):
+    """First-order signed distance (mm) to the ellipse (x/a)^2 + (y/b)^2 = 1.
+
+    :math:`s \\approx (\\rho - 1)/|\\nabla \\rho|` with
+    :math:`\\rho = \\sqrt{x^2/a^2 + y^2/b^2}`; exact on the curve, adequate
+    for a one-voxel anti-aliasing ramp.
+    """
+    qx = x / a
+    qy = y / b
+    rho = np.sqrt(qx * qx + qy * qy)
+    grad = np.sqrt((qx / a) ** 2 + (qy / b) ** 2) / np.maximum(rho, 1e-6)
+    return (rho - 1.0) / np.maximum(grad, 1e-6)
+
+
+def _ellipsoid_sd(x, y, z, a, b, c):
+    """First-order signed distance (mm) to an axis-aligned ellipsoid."""
+    qx, qy, qz = x / a, y / b, z / c
+    rho = np.sqrt(qx * qx + qy * qy + qz * qz)
+    grad = np.sqrt((qx / a) ** 2 + (qy / b) ** 2 + (qz / c) ** 2) / np.maximum(rho, 1e-6)
+    return (rho - 1.0) / np.maximum(grad, 1e-6)
+
+
+def _segment_distance(px, py, pz, p0, p1):
+    """Distance (mm) from points to the segment p0-p1 and the position t in [0, 1]."""
+    d = p1 - p0
+    dd = float(d @ d)
+    t = ((px - p0[0]) * d[0] + (py - p0[1]) * d[1] + (pz - p0[2]) * d[2]) / max(dd, 1e-12)
+    t = np.clip(t, 0.0, 1.0)
+    ex = px - (p0[0] + t * d[0])
+    ey = py - (p0[1] + t * d[1])
+    ez = pz - (p0[2] + t * d[2])
+    return np.sqrt(ex * ex + ey * ey + ez * ez), t
+
+
+def _smoothstep(x):
+    x = np.clip(x, 0.0, 1.0)
+    return x * x * (3.0 - 2.0 * x)
+
+
+# ---------------------------------------------------------------------------
+# anatomy
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Vessel:
+    p0: np.ndarray  # body-frame LPS mm
+    p1: np.ndarray
+    r: float        # radius in mm
+    generation: int
+
+
+class _Anatomy:
+    """Seeded analytic chest in the body frame (coordinates relative to ``center``).
+
+    All shape functions take broadcastable arrays ``X, Y, Z`` of *relative*
+    coordinates (mm, LPS, origin at the body centre on the carina level) and
+    return approximate signed distances in mm (negative inside).
+    """
+
+    def __init__(self, rng: np.random.Generator, center: np.ndarray):
+        u = rng.uniform
+        self.center = np.asarray(center, float)
+        self.ax = 150.0 * u(0.95, 1.04)
+        self.ay = 112.0 * u(0.95, 1.04)
+        self.fat = u(8.0, 16.0)
+        self.muscle = u(8.0, 12.0)
+        self.skin = 2.0
+        self.cax = self.ax - self.skin - self.fat - self.muscle - 12.0
+        self.cay = self.ay - self.skin - self.fat - self.muscle - 14.0
+        self.cyc = -4.0
+        self.z_apex = u(70.0, 85.0)
+        self.dome_r = -u(85.0, 100.0)   # right hemidiaphragm is higher (liver)
+        self.dome_l = self.dome_r - u(8.0, 18.0)
+        self.recess = 55.0
+        self.spine_y = self.cyc + self.cay - 8.0
+        self.rib_period = u(24.0, 28.0)
+        self.rib_top = self.z_apex + u(0.0, 10.0)
+        self.rib_drop = u(35.0, 50.0)
+        self.vert_period = u(25.0, 29.0)
+        self.vert_phase = u(0.0, 1.0)
+        self.heart_c = np.array([u(10.0, 20.0), self.cyc - 20.0, self.dome_r + u(5.0, 15.0)])
+        self.heart_r = np.array([u(55.0, 65.0), u(45.0, 52.0), u(45.0, 52.0)])
+        self.trachea_y = self.cyc + 22.0
+        self.carina_z = -10.0
+        self.hilum = {
+            "right": np.array([-u(45.0, 52.0), self.cyc + 24.0, self.carina_z - u(20.0, 30.0)]),
+            "left": np.array([u(45.0, 52.0), self.cyc + 24.0, self.carina_z - u(30.0, 40.0)]),
+        }
+        self.gravity_hu = u(25.0, 45.0)
+        self.texture_hu = u(10.0, 18.0)
+        self.vessels: list[_Vessel] = []
+        self._grow_vessels(rng)
+
+    # -- regions -------------------------------------------------------------
+    def body_scale(self, Z):
+        """Body cross-section shrinks slightly towards the neck."""
+        return 1.0 - 0.10 * _smoothstep((Z - 40.0) / 90.0)
+
+    def body_sd(self, X, Y, Z):
+        s = self.body_scale(Z)
+        return _ellipse_sd(X, Y, self.ax * s, self.ay * s)
+
+    def cavity_sd(self, X, Y, Z):
+        """Thoracic cavity (inside the ribs), unbounded along z."""
+        s = self.body_scale(Z)
+        return _ellipse_sd(X, Y - self.cyc, self.cax * s, self.cay * s)
+
+    def mediastinum_sd(self, X, Y, Z):
+        """Union of heart, superior, posterior and anterior mediastinum."""
+        hc, hr = self.heart_c, self.heart_r
+        heart = _ellipsoid_sd(X - hc[0], Y - hc[1], Z - hc[2], hr[0], hr[1], hr[2])
+        w_sup = 24.0 + 10.0 * _smoothstep((-Z - 20.0) / 40.0)
+        sup = _ellipse_sd(X, Y - (self.cyc + 5.0), w_sup, 52.0)
+        sup = np.maximum(sup, (self.heart_c[2] - 10.0) - Z)
+        post = _ellipse_sd(X, Y - (self.spine_y - 6.0), 30.0, 24.0)
+        ant = _ellipse_sd(X, Y - (self.cyc - self.cay + 15.0), 12.0, 30.0)
+        return np.minimum(np.minimum(heart, sup), np.minimum(post, ant))
+
+    def diaphragm_sd(self, X, Y, Z):
+        """Signed distance (along z) to the domed diaphragm; negative above it."""
+        wl = _smoothstep((X + 20.0) / 40.0)  # 0 on the right, 1 on the left
+        dome = self.dome_r * (1.0 - wl) + self.dome_l * wl
+        xc = np.where(X < 0, X + 60.0, X - 60.0)
+        zd = dome - self.recess * np.clip((xc / 85.0) ** 2 + ((Y - self.cyc) / 75.0) ** 2, 0.0, 1.6)
+        return zd - Z
+
+    def apex_sd(self, X, Y, Z):
+        """Lung apices: domes above ``z_apex - 45`` mm, one per lung."""
+        z0 = self.z_apex - 45.0
+        xc = np.abs(X) - 62.0
+        dz = np.maximum(Z - z0, 0.0)
+        return _ellipsoid_sd(xc, Y - self.cyc - 5.0, dz, 75.0, 70.0, 45.0) * (Z > z0) - 1e3 * (Z <= z0)
+
+    def lung_sd(self, X, Y, Z):
+        """Both lungs: cavity minus mediastinum, above the diaphragm, below the apex."""
+        return np.maximum(
+            np.maximum(self.cavity_sd(X, Y, Z), -self.mediastinum_sd(X, Y, Z)),
+            np.maximum(self.diaphragm_sd(X, Y, Z), self.apex_sd(X, Y, Z)),
+        )
+
+    def lung_sd_points(self, pts_body: np.ndarray) -> np.ndarray:
+        """Lung signed distance at body-frame world points (N, 3) (x, y, z)."""
+        rel = np.atleast_2d(pts_body) - self.center
+        return self.lung_sd(rel[:, 0], rel[:, 1], rel[:, 2])
+
+    def cavity_sd_points(self, pts_body: np.ndarray) -> np.ndarray:
+        rel = np.atleast_2d(pts_body) - self.center
+        return self.cavity_sd(rel[:, 0], rel[:, 1], rel[:, 2])
+
+    # -- vessel tree -----------------------------------------------------------
+    def _grow_vessels(self, rng: np.random.Generator) -> None:
+        """Random but deterministic bifurcating pulmonary vessel trees.
+
+        Radii shrink by ~0.74 per generation (Murray's law for a symmetric
+        bifurcation gives :math:`2^{-1/3} \\approx 0.79`; Murray, PNAS 1926)
+        from ~5 mm at the hila to ~1 mm, lengths by ~0.8.
+        """
+        roots = {
+            "right": [(-0.3, 0.05, 1.0), (-1.0, -0.5, -0.2), (-0.4, 0.3, -1.0), (-0.8, 0.6, -0.6)],
+            "left": [(0.3, 0.05, 1.0), (1.0, -0.4, -0.1), (0.4, 0.3, -1.0), (0.8, 0.6, -0.6)],
+        }
+        for side, dirs in roots.items():
+            h = self.hilum[side]
+            for d in dirs:
+                d = np.asarray(d, float) + rng.normal(0, 0.1, 3)
+                self._branch(rng, h, d / np.linalg.norm(d), r=rng.uniform(4.2, 5.2),
+                             length=rng.uniform(28.0, 36.0), gen=0, hilum=h)
+
+    def _inside_lung(self, pts: np.ndarray, margin: float) -> bool:
+        return bool(np.all(self.lung_sd(pts[:, 0], pts[:, 1], pts[:, 2]) < -margin))
+
+    def _branch(self, rng, p0, d, r, length, gen, hilum) -> None:
+        # shorten the branch until it stays inside the lung (roots start at
+        # the hilum, i.e. on the mediastinal border, so skip their first part)
+        t0 = 0.35 if gen == 0 else 0.0
+        for attempt in range(4):
+            p1 = p0 + d * length * (0.75 ** attempt)
+            pts = p0 + np.linspace(t0, 1.0, 6)[:, None] * (p1 - p0)
+            if self._inside_lung(pts, margin=0.6 * r + 1.0):
+                break
+        else:
+            return
+        self.vessels.append(_Vessel(p0.copy(), p1.copy(), float(r), gen))
+        r_child = r * rng.uniform(0.68, 0.8)
+        if r_child < 0.9 or gen >= 7:
+            return
+        # two children in a random plane containing d, diverging from it
+        e = rng.normal(size=3)
+        e -= (e @ d) * d
+        e /= np.linalg.norm(e)
+        out = p1 - hilum
+        out /= max(np.linalg.norm(out), 1e-6)
+        for sign, ang in ((1.0, rng.uniform(20, 40)), (-1.0, rng.uniform(25, 45))):
+            a = math.radians(ang)
+            dc = math.cos(a) * d + sign * math.sin(a) * e + 0.25 * out
+            dc /= np.linalg.norm(dc)
+            self._branch(rng, p1, dc, r_child, length * rng.uniform(0.72, 0.88), gen + 1, hilum)
+
+    # -- rendering -------------------------------------------------------------
+    def render_slab(self, x: np.ndarray, y: np.ndarray, z: np.ndarray, h: float,
+                    texture: np.ndarray) -> np.ndarray:
+        """HU of the anatomy without vessels on an axis-aligned grid.
+
+        Parameters
+        ----------
+        x, y, z : ndarray, shape (nx,), (ny,), (nz,)
+            Body-frame world coordinates (mm) of the grid lines.
+        h : float
+            Voxel size (mm) for the anti-aliasing ramp.
+        texture : ndarray, shape (nz, ny, nx)
+            Zero-mean unit-variance smooth random field for lung texture.
+
+        Returns
+        -------
+        ndarray, float32, shape (nz, ny, nx)
+        """
+        X = (x - self.center[0]).astype(np.float32)[None, None, :]
+        Y = (y - self.center[1]).astype(np.float32)[None, :, None]
+        Z = (z - self.center[2]).astype(np.float32)[:, None, None]
+        shape = (Z.shape[0], Y.shape[1], X.shape[2])
+        v = np.full(shape, HU_AIR, np.float32)
+        s = self.body_scale(Z)
+        body = _ellipse_sd(X, Y, self.ax * s, self.ay * s)
+        _blend(v, HU_SKIN, _occ(body, h))
+        _blend(v, HU_FAT, _occ(body + self.skin, h))
+        _blend(v, HU_MUSCLE, _occ(body + self.skin + self.fat, h))
+        cav = self.cavity_sd(X, Y, Z)
+        # ribs: a band just outside the cavity; rib k descends anteriorly
+        rho_y = (Y - self.cyc) / (self.cay * s)
+        rho_x = X / (self.cax * s)
+        phi = np.arctan2(np.abs(rho_x), rho_y)  # 0 posterior, pi anterior
+        zc0 = self.rib_top - self.rib_drop * (1.0 - np.cos(phi)) / 2.0
+        uu = (zc0 - Z) / self.rib_period
+        k = np.rint(uu)
+        dz = (uu - k) * self.rib_period
+        valid = (k >= 0) & (k <= 11) & (phi > 0.25) & (phi < 2.55)
+        valid &= (zc0 - k * self.rib_period) > (min(self.dome_l, self.dome_r) - self.recess - 10.0)
+        q = np.sqrt(((cav - 5.5) / 3.5) ** 2 + (dz / 5.5) ** 2)
+        rib = _occ((q - 1.0) * 3.5, h) * valid
+        _blend(v, HU_CORTICAL, rib)
+        _blend(v, HU_CANCELLOUS, _occ((q - 0.6) * 3.5, h) * valid)
+        del rho_y, rho_x, phi, zc0, uu, k, dz, valid, q, rib
+        # sternum
+        ys = self.cyc - self.cay * s - 9.0
+        st = np.maximum(_ellipse_sd(X, Y - ys, 14.0, 6.0), np.maximum(Z - 55.0, -130.0 - Z))
+        _blend(v, HU_CORTICAL, _occ(st, h))
+        _blend(v, HU_CANCELLOUS, _occ(st + 1.8, h))
+        # cavity contents: mediastinal fat above the diaphragm, liver below
+        dia = self.diaphragm_sd(X, Y, Z)
+        fill = np.where(dia < 0, np.float32(HU_MEDIASTINAL_FAT), np.float32(HU_LIVER))
+        _blend(v, fill, _occ(cav, h))
+        del fill
+        # lungs
+        lung = np.maximum(np.maximum(cav, -self.mediastinum_sd(X, Y, Z)),
+                          np.maximum(dia, self.apex_sd(X, Y, Z)))
+        lung_hu = (HU_LUNG + self.gravity_hu * (Y - self.cyc) / self.cay
+                   + self.texture_hu * texture).astype(np.float32)
+        _blend(v, lung_hu, _occ(lung, h))
+        del lung_hu, lung, cav
+        # stomach gas bubble under the left dome
+        gas = _ellipsoid_sd(X - 55.0, Y - self.cyc + 20.0, Z - (self.dome_l - 25.0), 28.0, 22.0, 14.0)
+        _blend(v, HU_AIR, _occ(np.maximum(gas, -dia - 6.0), h))
+        # heart, great vessels, oesophagus
+        hc, hr = self.heart_c, self.heart_r
+        heart = _ellipsoid_sd(X - hc[0], Y - hc[1], Z - hc[2], hr[0] - 4.0, hr[1] - 4.0, hr[2] - 4.0)
+        _blend(v, HU_BLOOD, _occ(heart, h))
+        zh = hc[2] + hr[2] - 12.0
+        for (cx, cy, r, zlo, zhi) in (
+            (22.0, self.spine_y - 18.0, 12.0, -1e3, 1e3),       # descending aorta
+            (8.0, self.cyc - 12.0, 15.0, zh, self.carina_z + 25.0),  # ascending aorta
+            (-20.0, self.cyc - 6.0, 10.0, zh, 1e3),             # superior vena cava
+            (0.0, self.spine_y - 25.0, 7.0, -1e3, 1e3),         # oesophagus
+        ):
+            cyl = np.maximum(np.sqrt((X - cx) ** 2 + (Y - cy) ** 2) - r, np.maximum(zlo - Z, Z - zhi))
+            _blend(v, HU_BLOOD, _occ(cyl, h))
+        # spine: vertebral bodies with discs, canal, arch, spinous process
+        vb = np.sqrt(X ** 2 + (Y - self.spine_y) ** 2)
+        ph = ((Z / self.vert_period + self.vert_phase) % 1.0) * self.vert_period
+        disc = (ph < 5.0).astype(np.float32)
+        _blend(v, HU_CORTICAL * (1 - disc) + HU_DISC * disc, _occ(vb - 15.0, h))
+        _blend(v, HU_CANCELLOUS, _occ(vb - 13.5, h) * (1 - disc))
+        yc = self.spine_y + 23.0
+        canal = np.sqrt(X ** 2 + (Y - yc) ** 2)
+        _blend(v, 600.0, _occ(np.maximum(canal - 10.5, yc - 4.0 - Y), h))
+        _blend(v, 600.0, _occ(_ellipse_sd(X, Y - (yc + 13.0), 4.0, 7.0), h))
+        _blend(v, HU_CSF, _occ(canal - 6.0, h))
+        del vb, ph, disc, canal
+        # trachea and main bronchi (air with a soft-tissue wall)
+        tr = np.maximum(np.sqrt(X ** 2 + (Y - self.trachea_y) ** 2), self.carina_z - Z + 0.0 * X)
+        _blend(v, HU_MUSCLE, _occ(tr - 10.0, h))
+        _blend(v, HU_AIR, _occ(tr - 8.0, h))
+        car = np.array([0.0, self.trachea_y, self.carina_z])
+        for side in ("right", "left"):
+            d, _ = _segment_distance(X, Y, Z, car, self.hilum[side])
+            _blend(v, HU_MUSCLE, _occ(d - 7.0, h))
+            _blend(v, HU_AIR, _occ(d - 5.0, h))
+        return v
+
+    def render_vessels(self, arr: np.ndarray, origin: np.ndarray, spacing: np.ndarray) -> None:
+        """Draw the vessel tree into an axis-aligned body-frame array (in place).
+
+        Each vessel is a capsule of constant radius; it is drawn only in its
+        bounding box so the cost is proportional to the vessel volume.
+        ``origin`` and ``spacing`` are (x, y, z) in mm; ``arr`` is (z, y, x).
+        """
+        h = float(min(spacing[0], spacing[1]))
+        shape_xyz = np.array(arr.shape[::-1])
+        for ves in self.vessels:
+            p0 = ves.p0 + self.center
+            p1 = ves.p1 + self.center
+            lo = np.minimum(p0, p1) - ves.r - 2 * h
+            hi = np.maximum(p0, p1) + ves.r + 2 * h
+            ilo = np.clip(np.floor((lo - origin) / spacing).astype(int), 0, shape_xyz)
+            ihi = np.clip(np.ceil((hi - origin) / spacing).astype(int) + 1, 0, shape_xyz)
+            if np.any(ihi <= ilo):
+                continue
+            xs = (origin[0] + spacing[0] * np.arange(ilo[0], ihi[0]))[None, None, :]
+            ys = (origin[1] + spacing[1] * np.arange(ilo[1], ihi[1]))[None, :, None]
+            zs = (origin[2] + spacing[2] * np.arange(ilo[2], ihi[2]))[:, None, None]
+            d, _ = _segment_distance(xs, ys, zs, p0, p1)
+            occ = _occ(d - ves.r, h)
+            sub = arr[ilo[2]:ihi[2], ilo[1]:ihi[1], ilo[0]:ihi[0]]
+            _blend(sub, HU_BLOOD, occ)
+
+
+# ---------------------------------------------------------------------------
+# T1 -> T2 geometry
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PairGeometry:
+    """Map between the body frame (= T1 world) and the T2 world frame.
+
+    The breathing map is defined through its inverse :math:`G = B^{-1}`,
+    acting on T2 points with the rigid motion removed,
+    :math:`\\mathbf{u} = R^T(\\mathbf{w} - \\mathbf{c} - \\mathbf{t}) + \\mathbf{c}`:
+
+    .. math::
+
+        G_x(\\mathbf{u}) = u_x, \\quad
+        G_y(\\mathbf{u}) = y_f + \\frac{u_y - y_f}{1 + a\\,m(u_x)}, \\quad
+        G_z(\\mathbf{u}) = z_f + \\frac{u_z - z_f}{1 + c\\,m(u_x)}, \\quad
+        m(x) = 1 - 0.3\\,e^{-x^2 / (2 \\cdot 60^2)}
+
+    (:math:`c` = ``breathing_cc``, :math:`a` = ``breathing_ap``; :math:`z_f`
+    the lung-apex level and :math:`y_f` the spine, which do not move;
+    :math:`m` lets the lateral chest move more than the mediastinum). So at T2
+    the chest is stretched by about :math:`1 + c` craniocaudally and
+    :math:`1 + a` anteroposteriorly.
+
+    Attributes
+    ----------
+    center : ndarray (3,)
+        Body centre :math:`\\mathbf{c}` (LPS mm), the rotation centre.
+    rotation : ndarray (3, 3)
+        Rigid rotation :math:`R` (body -> T2 world).
+    translation : ndarray (3,)
+        Rigid translation :math:`\\mathbf{t}` in mm.
+    breathing_cc, breathing_ap : float
+        Relative stretches :math:`c` and :math:`a`.
+    z_fixed, y_fixed : float
+        World z of the apex level and world y of the spine (body frame, mm).
+    """
+
+    center: np.ndarray
+    rotation: np.ndarray
+    translation: np.ndarray
+    breathing_cc: float
+    breathing_ap: float
+    z_fixed: float
+    y_fixed: float
+
+    def _modulation(self, ux):
+        return 1.0 - 0.3 * np.exp(-((ux - self.center[0]) ** 2) / (2 * 60.0 ** 2))
+
+    def _g(self, u: np.ndarray) -> np.ndarray:
+        m = self._modulation(u[..., 0])
+        b = np.array(u, dtype=float, copy=True)
+        b[..., 1] = self.y_fixed + (u[..., 1] - self.y_fixed) / (1.0 + self.breathing_ap * m)
+        b[..., 2] = self.z_fixed + (u[..., 2] - self.z_fixed) / (1.0 + self.breathing_cc * m)
+        return b
+
+    def inverse(self, w_xyz) -> np.ndarray:
+        """T2 world points (..., 3) -> body-frame (= T1 world) points (..., 3), closed form."""
+        w = np.asarray(w_xyz, float)
+        u = (w - self.center - self.translation) @ self.rotation + self.center
+        return self._g(u)
+
+    def forward(self, b_xyz, *, tol: float = 1e-6) -> np.ndarray:
+        """Body-frame points (N, 3) -> T2 world points, solved numerically.
+
+        Newton-like fixed point on :math:`G(\\mathbf{u}) = \\mathbf{b}` (the
+        Jacobian of :math:`G` is close to diag(1, 1/(1+a m), 1/(1+c m))); the
+        round trip :math:`|F^{-1}(F(\\mathbf{b})) - \\mathbf{b}|` is checked to
+        be below 0.01 mm.
+
+        Raises
+        ------
+        GeometryError
+            If the iteration does not converge.
+        """
+        b = np.atleast_2d(np.asarray(b_xyz, float))
+        u = b.copy()
+        for _ in range(200):
+            r = self._g(u) - b
+            m = self._modulation(u[:, 0])
+            u[:, 1] -= r[:, 1] * (1.0 + self.breathing_ap * m)
+            u[:, 2] -= r[:, 2] * (1.0 + self.breathing_cc * m)
+            if np.max(np.abs(r)) < tol:
+                break
+        w = (u - self.center) @ self.rotation.T + self.center + self.translation
+        resid = np.linalg.norm(self.inverse(w) - b, axis=1)
+        if np.any(resid > 0.01):
+            raise GeometryError(
+                f"forward map did not converge (residual {resid.max():.3g} mm); reduce breathing_cc/breathing_ap"
+            )
+        return w
+
+
+# ---------------------------------------------------------------------------
+# nodules
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Nodule:
+    nodule_id: int
+    kind: str
+    shape: str
+    location: str
+    side: str
+    diameter_mm: float
+    volume_ratio: float
+    core_fraction: float
+    hu: float
+    core_hu: float
+    rot_local: np.ndarray           # local -> body frame rotation
+    params: dict                     # shape parameters at T1 size (mm)
+    center1: np.ndarray = None       # shape centre, T1 world (= body) mm
+    center2: np.ndarray = None       # shape centre, T2 world mm
+    clip: bool = False
+
+    @property
+    def scale2(self) -> float:
+        return float(self.volume_ratio) ** (1.0 / 3.0)
+
+    @property
+    def r_bound(self) -> float:
+        """Radius (mm, T1 size) of a sphere about the centre containing the shape."""
+        p = self.params
+        if self.shape == "sphere":
+            return p["R"]
+        if self.shape == "ellipsoid":
+            return float(np.max(p["abc"]))
+        return float(np.max(np.linalg.norm(p["centers"], axis=1) + p["radii"]))
+
+    def phi_local(self, q: np.ndarray) -> np.ndarray:
+        """Implicit function (approx. signed distance, mm) in the local frame, T1 size."""
+        p = self.params
+        if self.shape == "sphere":
+            return np.sqrt(q[..., 0] ** 2 + q[..., 1] ** 2 + q[..., 2] ** 2) - p["R"]
+        if self.shape == "ellipsoid":
+            a, b, c = p["abc"]
+            return _ellipsoid_sd(q[..., 0], q[..., 1], q[..., 2], a, b, c)
+        out = None
+        for c, r in zip(p["centers"], p["radii"]):
+            e = q - c
+            d = np.sqrt(e[..., 0] ** 2 + e[..., 1] ** 2 + e[..., 2] ** 2) - r
+            out = d if out is None else np.minimum(out, d)
+        return out
+
+    def frame(self, time: int, geometry: PairGeometry) -> tuple[np.ndarray, np.ndarray, float]:
+        """Centre (world mm), rotation (local -> world) and linear scale at ``time``."""
+        if time == 1:
+            return self.center1, self.rot_local, 1.0
+        return self.center2, geometry.rotation @ self.rot_local, self.scale2
+
+    def phi(self, pts: np.ndarray, time: int, geometry: PairGeometry, anatomy: _Anatomy,
+            core: bool = False) -> np.ndarray:
+        """Implicit function of the nodule (or its solid core) at world points (..., 3)."""
+        c, rot, s = self.frame(time, geometry)
+        if core:
+            s = s * self.core_fraction
+        q = (pts - c) @ rot / s
+        val = s * self.phi_local(q)
+        if self.clip:
+            body = pts if time == 1 else geometry.inverse(pts)
+            val = np.maximum(val, anatomy.cavity_sd_points(body.reshape(-1, 3)).reshape(val.shape))
+        return val
+
+    def extent_along(self, direction: np.ndarray) -> float:
+        """Distance (mm, T1 size) from the centre to the surface along a body-frame direction."""
+        dl = self.rot_local.T @ (direction / np.linalg.norm(direction))
+        lo, hi = 0.0, 2.0 * self.r_bound
+        for _ in range(50):
+            mid = 0.5 * (lo + hi)
+            if self.phi_local(dl[None, :] * mid)[0] < 0:
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
+
+def _random_nodule(spec: NoduleSpec, nid: int, rng: np.random.Generator) -> _Nodule:
+    """Resolve the random fields of a :class:`NoduleSpec` into a local shape."""
+    kind = spec.kind or str(rng.choice(KINDS, p=[0.6, 0.2, 0.2]))
+    shape = spec.shape or str(rng.choice(SHAPES, p=[0.3, 0.4, 0.3]))
+    location = spec.location or str(rng.choice(LOCATIONS, p=[0.5, 0.25, 0.25]))
+    side = spec.side or str(rng.choice(["left", "right"]))
+    d = float(spec.diameter_mm) if spec.diameter_mm is not None else float(rng.uniform(6.0, 20.0))
+    ratio = float(spec.volume_ratio) if spec.volume_ratio is not None else float(
+        rng.choice([1.0, rng.uniform(1.3, 2.5), rng.uniform(0.5, 0.8)], p=[0.35, 0.45, 0.2]))
+    core = float(spec.core_fraction) if spec.core_fraction is not None else float(rng.uniform(0.4, 0.65))
+    if kind == "solid":
+        hu = spec.hu if spec.hu is not None else rng.uniform(15.0, 55.0)
+    else:
+        hu = spec.hu if spec.hu is not None else rng.uniform(-650.0, -460.0)
+    core_hu = spec.core_hu if spec.core_hu is not None else rng.uniform(10.0, 50.0)
+    rot = Rotation.random(random_state=rng).as_matrix()
+    R = d / 2.0
+    if shape == "sphere":
+        params = {"R": R}
+    elif shape == "ellipsoid":
+        rb = rng.uniform(0.72, 0.95)
+        rc = rng.uniform(0.55, rb)
+        a = R / (rb * rc) ** (1.0 / 3.0)  # a*b*c = R^3 keeps the equivalent diameter
+        params = {"abc": np.array([a, a * rb, a * rc])}
+    else:
+        n_lobes = int(rng.integers(3, 6))
+        dirs = rng.normal(size=(n_lobes, 3))
+        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+        centers = np.vstack([np.zeros(3), dirs * rng.uniform(0.45, 0.7, (n_lobes, 1))])
+        radii = np.concatenate([[1.0], rng.uniform(0.45, 0.65, n_lobes)])
+        # scale the unit union so that its volume equals that of the d-sphere
+        tmp = _Nodule(nid, kind, shape, location, side, d, ratio, core, hu, core_hu, np.eye(3),
+                      {"centers": centers, "radii": radii})
+        v_unit, _, _ = _integrate(lambda p: tmp.phi_local(p), np.zeros(3), tmp.r_bound)
+        f = (math.pi * d ** 3 / 6.0 / v_unit) ** (1.0 / 3.0)
+        params = {"centers": centers * f, "radii": radii * f}
+    return _Nodule(nid, kind, shape, location, side, d, ratio, core, float(hu), float(core_hu),
+                   rot, params)
+
+
+# ---------------------------------------------------------------------------
+# truth from the continuous shapes
+# ---------------------------------------------------------------------------
+
+
+def _integrate(phi: Callable[[np.ndarray], np.ndarray], center: np.ndarray, r_bound: float,
+               *, rel_tol: float = 2e-3, return_grid: bool = False):
+    """Volume and centroid of ``{p : phi(p) < 0}`` inside a cube, converged.
+
+    Lines parallel to z on an :math:`n \\times n` midpoint grid in (x, y); along
+    each line the implicit function is sampled at :math:`n+1` nodes and
+    linearly interpolated, so the inside length of every cell is exact to
+    second order:
+
+    .. math::
+
+        V \\approx h_x h_y \\sum_{x,y} \\sum_k \\ell_k, \\qquad
+        \\ell_k = h_z \\cdot \\begin{cases} 1 & \\phi_k, \\phi_{k+1} < 0 \\\\
+        \\phi_k / (\\phi_k - \\phi_{k+1}) & \\phi_k < 0 \\le \\phi_{k+1} \\\\
+        \\phi_{k+1} / (\\phi_{k+1} - \\phi_k) & \\phi_{k+1} < 0 \\le \\phi_k \\\\
+        0 & \\text{otherwise} \\end{cases}
+
+    Evaluated at :math:`n = 64, 96, 144, 216, 324` until two successive volumes
+    agree within ``rel_tol``.
+
+    Returns
+    -------
+    volume : float
+        mm^3.
+    centroid : ndarray (3,)
+        (x, y, z) mm.
+    rel_precision : float
+        :math:`|V_n - V_{n'}| / V_n` of the last two resolutions.
+    """
+    prev = None
+    for n in (64, 96, 144, 216, 324):
+        h = 2.0 * r_bound / n
+        xs = center[0] - r_bound + h * (np.arange(n) + 0.5)
+        ys = center[1] - r_bound + h * (np.arange(n) + 0.5)
+        zs = center[2] - r_bound + h * np.arange(n + 1)
+        vol = 0.0
+        mx = my = mz = 0.0
+        chunk = max(1, 4_000_000 // (n * (n + 1)))
+        for i0 in range(0, n, chunk):
+            X, Y, Z = np.meshgrid(xs[i0:i0 + chunk], ys, zs, indexing="ij")
+            f = phi(np.stack([X, Y, Z], axis=-1))
+            a, b = f[..., :-1], f[..., 1:]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                t = np.where(a != b, a / (a - b), 0.5)
+            ina, inb = a < 0, b < 0
+            length = np.where(ina & inb, 1.0, np.where(ina, t, np.where(inb, 1.0 - t, 0.0)))
+            mid = np.where(ina & inb, 0.5, np.where(ina, t / 2, np.where(inb, (1.0 + t) / 2, 0.0)))
+            w = length * h * h * h
+            vol += w.sum()
+            mx += (w * X[..., :-1]).sum()
+            my += (w * Y[..., :-1]).sum()
+            mz += (w * (Z[..., :-1] + mid * h)).sum()
+        if vol <= 0:
+            raise PhantomSpecError("nodule shape has zero volume; check the specification")
+        cen = np.array([mx, my, mz]) / vol
+        if prev is not None:
+            prec = abs(vol - prev) / vol
+            if prec < rel_tol:
+                return vol, cen, prec
+        prev = vol
+    return vol, cen, prec
+
+
+def _diameter(points: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Largest distance between two points of a 2-D or 3-D point set, and its end points.
+
+    :math:`D = \\max_{p, q} |p - q|` over the convex-hull vertices (the
+    farthest pair is always a pair of hull vertices): exactly over all pairs
+    up to 3000 vertices, else by ascent to a double normal from the best of
+    1000 projection directions.
+    """
+    pts = np.asarray(points, float)
+    dim = pts.shape[1]
+    if len(pts) > dim + 1:
+        try:
+            pts = pts[ConvexHull(pts).vertices]
+        except Exception:  # degenerate (flat) point set: keep all points
+            pass
+    n = len(pts)
+    if n <= 3000:
+        d2 = ((pts[:, None, :] - pts[None, :, :]) ** 2).sum(axis=-1)
+        i, j = divmod(int(np.argmax(d2)), n)
+        return math.sqrt(float(d2[i, j])), pts[i], pts[j]
+    # many hull vertices (smooth 3-D surfaces): start from the extremes of the
+    # 8 best of 1000 projection directions and climb to a double normal
+    # (alternately the farthest point from the other end); the farthest pair
+    # is a double normal, and for the near-convex nodule shapes the best
+    # projected directions lie in its basin.
+    U = _sphere_points(1000) if dim == 3 else np.column_stack(
+        [np.cos(np.linspace(0, math.pi, 1000)), np.sin(np.linspace(0, math.pi, 1000))])
+    proj = pts @ U.T
+    ext = proj.max(axis=0) - proj.min(axis=0)
+    best, bi, bj = -1.0, 0, 0
+    for k in np.argsort(ext)[-8:]:
+        i, j = int(np.argmin(proj[:, k])), int(np.argmax(proj[:, k]))
+        for _ in range(50):
+            j2 = int(np.argmax(((pts - pts[i]) ** 2).sum(axis=1)))
+            i2 = int(np.argmax(((pts - pts[j2]) ** 2).sum(axis=1)))
+            if (i2, j2) == (i, j):
+                break
+            i, j = i2, j2
+        d = float(((pts[i] - pts[j]) ** 2).sum())
+        if d > best:
+            best, bi, bj = d, i, j
+    return math.sqrt(best), pts[bi], pts[bj]
+
+
+def _plane_long_axis(phi2d: np.ndarray, h: float, x0: float, y0: float):
+    """Longest diameter (mm) of the zero contour of a 2-D implicit image and its end points."""
+    from skimage.measure import find_contours
+
+    if not (phi2d < 0).any():
+        return 0.0, None
+    pts = [c for c in find_contours(phi2d, 0.0)]
+    if not pts:
+        return 0.0, None
+    p = np.vstack(pts)
+    xy = np.column_stack([x0 + h * p[:, 1], y0 + h * p[:, 0]])
+    L, a, b = _diameter(xy)
+    return L, (a, b)
+
+
+def _axial_axes_numeric(phi: Callable, center: np.ndarray, r_bound: float):
+    """Long, short axis (mm) and the precision estimate, on axial planes of an implicit shape.
+
+    Long axis: :math:`L = \\max_z \\max_{p,q \\in \\partial S_z} |p - q|` over
+    axial sections :math:`S_z`; short axis: the longest chord extent
+    perpendicular to the long axis in the same plane,
+    :math:`S = \\max_s (t_{max}(s) - t_{min}(s))` along lines
+    :math:`p = p_0 + s\\,\\hat u + t\\,\\hat v`. A coarse pass (41 planes,
+    121^2 samples) locates the best plane, a fine pass (21 planes within
+    one coarse step, 361^2 samples) refines it; the change between passes is
+    returned as the precision.
+    """
+    def scan(zs, n):
+        h = 2.0 * r_bound / (n - 1)
+        g = center[0] - r_bound + h * np.arange(n)
+        gy = center[1] - r_bound + h * np.arange(n)
+        best = (0.0, None, None)
+        for z in zs:
+            X, Y = np.meshgrid(g, gy, indexing="xy")
+            pts = np.stack([X, Y, np.full_like(X, z)], axis=-1)
+            L, ends = _plane_long_axis(phi(pts), h, g[0], gy[0])
+            if L > best[0]:
+                best = (L, ends, z)
+        return best
+
+    dz = 2.0 * r_bound / 40
+    L0, _, z0 = scan(center[2] + np.linspace(-r_bound, r_bound, 41), 121)
+    if z0 is None:
+        raise PhantomSpecError("nodule has no axial section; check the specification")
+    L1, ends, z1 = scan(np.linspace(z0 - dz, z0 + dz, 21), 361)
+    u = (ends[1] - ends[0]) / np.linalg.norm(ends[1] - ends[0])
+    v = np.array([-u[1], u[0]])
+    n = 481
+    h = 2.0 * r_bound / (n - 1)
+    s = -r_bound + h * np.arange(n)
+    S, T = np.meshgrid(s, s, indexing="ij")  # rows: s along u, columns: t along v
+    cxy = 0.5 * (ends[0] + ends[1])
+    px = cxy[0] + S * u[0] + T * v[0]
+    py = cxy[1] + S * u[1] + T * v[1]
+    f = phi(np.stack([px, py, np.full_like(px, z1)], axis=-1))
+    short = 0.0
+    for row in f:
+        idx = np.nonzero(row < 0)[0]
+        if idx.size == 0:
+            continue
+        a, b = idx[0], idx[-1]
+        # sub-sample crossing positions by linear interpolation of phi
+        ta = s[a] - (h * row[a] / (row[a] - row[a - 1]) if a > 0 else 0.0)
+        tb = s[b] + (h * row[b] / (row[b] - row[b + 1]) if b < n - 1 else 0.0)
+        short = max(short, tb - ta)
+    return L1, short, abs(L1 - L0)
+
+
+def _max3d_numeric(phi: Callable, center: np.ndarray, r_bound: float) -> tuple[float, float]:
+    """Largest distance between two surface points (marching cubes, two grids)."""
+    from skimage.measure import marching_cubes
+
+    out = []
+    for n in (49, 73):
+        h = 2.0 * r_bound / (n - 1)
+        g = -r_bound + h * np.arange(n)
+        X, Y, Z = np.meshgrid(center[0] + g, center[1] + g, center[2] + g, indexing="ij")
+        f = phi(np.stack([X, Y, Z], axis=-1))
+        verts, *_ = marching_cubes(f, 0.0, spacing=(h, h, h))
+        out.append(_diameter(verts)[0])
+    return out[1], abs(out[1] - out[0])
+
+
+def _truth_at(nod: _Nodule, time: int, geometry: PairGeometry, anatomy: _Anatomy) -> dict:
+    """Truth of one nodule at one time point, from its continuous shape."""
+    c, rot, s = nod.frame(time, geometry)
+    out: dict[str, float] = {}
+    analytic = not nod.clip and nod.shape in ("sphere", "ellipsoid")
+    if analytic:
+        semi = (np.full(3, nod.params["R"]) if nod.shape == "sphere" else np.asarray(nod.params["abc"])) * s
+        vol = 4.0 / 3.0 * math.pi * float(np.prod(semi))
+        # central axial section of x^T A x <= 1 is the largest; its semi-axes
+        # are 1/sqrt(eig(A_xy))
+        A = rot @ np.diag(1.0 / semi ** 2) @ rot.T
+        ev = np.linalg.eigvalsh(A[:2, :2])
+        out.update(volume=vol, centroid=np.asarray(c, float), long=2.0 / math.sqrt(ev[0]),
+                   short=2.0 / math.sqrt(ev[1]), max3d=2.0 * float(semi.max()), vprec=0.0, dprec=0.0)
+        out["solid"] = vol * nod.core_fraction ** 3 if nod.kind == "part_solid" else float("nan")
+        return out
+
+    def f(p):
+        return nod.phi(p, time, geometry, anatomy)
+
+    rb = nod.r_bound * s * 1.02
+    vol, cen, vprec = _integrate(f, c, rb)
+    long_, short, lprec = _axial_axes_numeric(f, c, rb)
+    m3, mprec = _max3d_numeric(f, c, rb)
+    out.update(volume=vol, centroid=cen, long=long_, short=short, max3d=m3, vprec=vprec,
+               dprec=max(lprec, mprec))
+    if nod.kind == "part_solid":
+        out["solid"] = _integrate(lambda p: nod.phi(p, time, geometry, anatomy, core=True), c,
+                                  rb * nod.core_fraction)[0]
+    else:
+        out["solid"] = float("nan")
+    return out
+
+
+# ---------------------------------------------------------------------------
+# placement of nodules in the body frame
+# ---------------------------------------------------------------------------
+
+
+def _vessel_clearance(anat: _Anatomy, p_rel: np.ndarray) -> float:
+    """Smallest distance (mm) from a relative point to any vessel surface."""
+    best = np.inf
+    for v in anat.vessels:
+        d, _ = _segment_distance(p_rel[0], p_rel[1], p_rel[2], v.p0, v.p1)
+        best = min(best, float(d) - v.r)
+    return best
+
+
+def _sphere_points(n: int = 60) -> np.ndarray:
+    """Quasi-uniform unit vectors (Fibonacci sphere)."""
+    i = np.arange(n) + 0.5
+    phi = np.arccos(1 - 2 * i / n)
+    th = math.pi * (1 + 5 ** 0.5) * i
+    return np.column_stack([np.cos(th) * np.sin(phi), np.sin(th) * np.sin(phi), np.cos(phi)])
+
+
+def _place(nod: _Nodule, anat: _Anatomy, rng: np.random.Generator, placed: list[_Nodule]) -> None:
+    """Choose the T1 centre (body frame) of a nodule according to its location.
+
+    * ``isolated``: inside the lung, at least ~1.5 mm from every vessel;
+    * ``juxtavascular``: abutting a vessel of radius 1-3.5 mm (0.5 mm overlap
+      at the smaller of the two time points, so it touches at both);
+    * ``juxtapleural``: centre at 0.75 of its extent (smaller time point) from
+      the costal pleura, the part beyond the pleura is clipped away.
+    """
+    smax = max(1.0, nod.scale2)
+    smin = min(1.0, nod.scale2)
+    rb = nod.r_bound * smax
+    sx = 1.0 if nod.side == "left" else -1.0
+    ring = _sphere_points(40)
+    others = [(o.center1 - anat.center, o.r_bound * max(1.0, o.scale2)) for o in placed]
+
+    def far_from_others(p):
+        return all(np.linalg.norm(p - c) > rb + r + 4.0 for c, r in others)
+
+    def lung_ok(p, margin):
+        pts = p + ring * (rb + margin)
+        return bool(np.all(anat.lung_sd(pts[:, 0], pts[:, 1], pts[:, 2]) < 0)) and \
+            float(anat.lung_sd(p[0], p[1], p[2])) < -(rb + margin)
+
+    zlo = max(anat.dome_r, anat.dome_l) - 10.0
+    zhi = anat.z_apex - 25.0
+    best, best_score = None, -np.inf
+    for _ in range(600):
+        if nod.location == "juxtavascular":
+            cands = [v for v in anat.vessels if 1.0 <= v.r <= 3.5 and v.generation >= 1
+                     and (v.p1[0] * sx) > 0]
+            if not cands:
+                break
+            v = cands[int(rng.integers(len(cands)))]
+            t = rng.uniform(0.25, 0.75)
+            axis = v.p1 - v.p0
+            axis /= np.linalg.norm(axis)
+            e = rng.normal(size=3)
+            e -= (e @ axis) * axis
+            e /= np.linalg.norm(e)
+            dist = v.r + nod.extent_along(-e) * smin - 0.5
+            p = v.p0 + t * (v.p1 - v.p0) + e * dist
+            if lung_ok(p, 2.0) and far_from_others(p):
+                nod.center1 = p + anat.center
+                return
+        elif nod.location == "juxtapleural":
+            z = rng.uniform(zlo + 15.0, zhi - 10.0)
+            # lateral, posterior or anterior wall of the chosen lung
+            theta = rng.uniform(-0.45 * math.pi, 0.6 * math.pi)  # 0 = lateral, + posterior
+            s = float(anat.body_scale(z))
+            wx = sx * anat.cax * s * math.cos(theta)
+            wy = anat.cyc + anat.cay * s * math.sin(theta)
+            n_in = -np.array([wx / (anat.cax * s) ** 2, (wy - anat.cyc) / (anat.cay * s) ** 2, 0.0])
+            n_in /= np.linalg.norm(n_in)
+            d = 0.75 * nod.extent_along(-n_in) * smin
+            p = np.array([wx, wy, z]) + n_in * d
+            pts = p + ring * rb
+            other = np.maximum(np.maximum(-anat.mediastinum_sd(pts[:, 0], pts[:, 1], pts[:, 2]),
+                                          anat.diaphragm_sd(pts[:, 0], pts[:, 1], pts[:, 2])),
+                               anat.apex_sd(pts[:, 0], pts[:, 1], pts[:, 2]))
+            if np.all(other < -3.0) and far_from_others(p) and \
+                    float(anat.lung_sd(p[0], p[1], p[2])) < 0:
+                nod.center1 = p + anat.center
+                nod.clip = True
+                return
+        else:
+            p = np.array([sx * rng.uniform(30.0, anat.cax - 10.0),
+                          anat.cyc + rng.uniform(-anat.cay + 10.0, anat.cay - 10.0),
+                          rng.uniform(zlo, zhi)])
+            if not (lung_ok(p, 3.0) and far_from_others(p)):
+                continue
+            clear = _vessel_clearance(anat, p) - rb
+            if clear > 1.5:
+                nod.center1 = p + anat.center
+                return
+            if clear > best_score:
+                best, best_score = p, clear
+    if best is not None and nod.location == "isolated":
+        nod.center1 = best + anat.center
+        return
+    raise PhantomSpecError(
+        f"could not place a {nod.diameter_mm:.1f} mm {nod.location} nodule in the {nod.side} lung; "
+        "use a smaller diameter or another location"
+    )
+
+
+# ---------------------------------------------------------------------------
+# rendering
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """Voxel grid: origin (x, y, z) mm, spacing (x, y, z) mm, size (nx, ny, nz), direction 3x3."""
+
+    origin: np.ndarray
+    spacing: np.ndarray
+    size: tuple[int, int, int]
+    direction: np.ndarray
+
+    def reference(self) -> sitk.Image:
+        img = sitk.Image(*[int(s) for s in self.size], sitk.sitkUInt8)
+        self.apply(img)
+        return img
+
+    def apply(self, img: sitk.Image) -> sitk.Image:
+        img.SetOrigin(tuple(float(v) for v in self.origin))
+        img.SetSpacing(tuple(float(v) for v in self.spacing))
+        img.SetDirection(tuple(float(v) for v in self.direction.ravel()))
+        return img
+
+    def world(self, ijk: np.ndarray) -> np.ndarray:
+        return self.origin + (np.asarray(ijk, float) * self.spacing) @ self.direction.T
+
+    def index(self, xyz: np.ndarray) -> np.ndarray:
+        return ((np.asarray(xyz, float) - self.origin) @ self.direction) / self.spacing
+
+
+def _draw_nodule(arr: np.ndarray, grid: _Grid, nod: _Nodule, time: int, geometry: PairGeometry,
+                 anat: _Anatomy, sub: int = 3) -> None:
+    """Blend a nodule (and its solid core) into ``arr`` (z, y, x) by supersampled occupancy.
+
+    The occupancy of a voxel is the mean over :math:`sub^3` sub-voxel points of
+    a one-sub-voxel linear ramp of the implicit function, i.e. the
+    partial-volume fraction; the nodule tissue replaces what was there:
+    :math:`v \\leftarrow (1 - o) v + o\\,\\mathrm{HU}`.
+    """
+    occ = _occupancy(grid, nod, time, geometry, anat, sub=sub, core=False)
+    if occ is None:
+        return
+    (sl, o) = occ
+    _blend(arr[sl], nod.hu, o)
+    if nod.kind == "part_solid":
+        occ = _occupancy(grid, nod, time, geometry, anat, sub=sub, core=True)
+        if occ is not None:
+            _blend(arr[occ[0]], nod.core_hu, occ[1])
+
+
+def _occupancy(grid: _Grid, nod: _Nodule, time: int, geometry: PairGeometry, anat: _Anatomy,
+               sub: int = 3, core: bool = False):
+    """Partial-volume occupancy of the nodule in its bounding box of ``grid``."""
+    c, _, s = nod.frame(time, geometry)
+    r = nod.r_bound * s * (nod.core_fraction if core else 1.0) + 2.0 * float(grid.spacing.max())
+    corners = np.array([[dx, dy, dz] for dx in (-r, r) for dy in (-r, r) for dz in (-r, r)]) + c
+    idx = grid.index(corners)
+    size = np.array(grid.size)
+    lo = np.clip(np.floor(idx.min(axis=0)).astype(int), 0, size)
+    hi = np.clip(np.ceil(idx.max(axis=0)).astype(int) + 1, 0, size)
+    if np.any(hi <= lo):
+        return None
+    ii = np.arange(lo[0], hi[0])
+    jj = np.arange(lo[1], hi[1])
+    kk = np.arange(lo[2], hi[2])
+    K, J, I = np.meshgrid(kk, jj, ii, indexing="ij")
+    base = np.stack([I, J, K], axis=-1).astype(float)
+    h = float(grid.spacing.min()) / sub
+    occ = np.zeros(K.shape, np.float64)
+    offs = (np.arange(sub) + 0.5) / sub - 0.5
+    for ox in offs:
+        for oy in offs:
+            for oz in offs:
+                pts = grid.world(base + np.array([ox, oy, oz]))
+                f = nod.phi(pts, time, geometry, anat, core=core)
+                occ += np.clip(0.5 - f / h, 0.0, 1.0)
+    occ /= sub ** 3
+    sl = (slice(lo[2], hi[2]), slice(lo[1], hi[1]), slice(lo[0], hi[0]))
+    return sl, occ.astype(np.float32)
+
+
+def _render_grid(scan: ScanSpec, origin_out: np.ndarray) -> tuple[_Grid, _Grid, int]:
+    """Output grid of a scan and its render grid (finer along z for the slice profile).
+
+    The render grid has the in-plane grid of the output and z-step
+    :math:`d = t / n` with :math:`n = \\max(2, \\lceil t / 1.25 \\rceil)`, starting
+    :math:`t/2 - d/2` below the first slice, so that the mean of :math:`n`
+    consecutive samples is the box average over the slice thickness :math:`t`.
+    """
+    D = scan.direction_matrix
+    out = _Grid(np.asarray(origin_out, float),
+                np.array([scan.spacing_xy, scan.spacing_xy, scan.slice_spacing], float),
+                (int(scan.size_xy), int(scan.size_xy), int(scan.n_slices)), D)
+    t = float(scan.slice_thickness)
+    n_sub = max(2, int(math.ceil(t / 1.25 - 1e-9)))
+    d = t / n_sub
+    extent = (scan.n_slices - 1) * scan.slice_spacing + t
+    nz = int(math.ceil(extent / d - 1e-6)) + 1
+    r_origin = out.origin - D[:, 2] * (t / 2.0 - d / 2.0)
+    render = _Grid(r_origin, np.array([scan.spacing_xy, scan.spacing_xy, d]), (out.size[0], out.size[1], nz), D)
+    return out, render, n_sub
+
+
+def _acquire(render_arr: np.ndarray, render: _Grid, out: _Grid, n_sub: int, scan: ScanSpec,
+             rng: np.random.Generator) -> sitk.Image:
+    """Simulate the acquisition: in-plane PSF, slice-thickness box, correlated noise.
+
+    .. math::
+
+        I(x, y, z_k) = \\frac{1}{t}\\int_{z_k - t/2}^{z_k + t/2}
+        (G_{\\sigma} * \\mu)(x, y, z)\\,dz + \\varepsilon, \\qquad
+        \\sigma = \\mathrm{FWHM} / (2\\sqrt{2\\ln 2})
+
+    (midpoint rule with ``n_sub`` samples per slice; :math:`\\varepsilon`
+    Gaussian white noise smoothed in-plane and rescaled to ``noise_sd``),
+    then rounding to integer HU and clipping to [-1024, 3071] as a scanner
+    stores it.
+    """
+    img = render.apply(sitk.GetImageFromArray(render_arr))
+    del render_arr
+    sigma = scan.psf_fwhm / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+    for axis in (0, 1):
+        img = sitk.RecursiveGaussian(img, sigma, False, sitk.RecursiveGaussianImageFilter.ZeroOrder, axis)
+    a = sitk.GetArrayViewFromImage(img)
+    nz = out.size[2]
+    res = np.empty((nz, out.size[1], out.size[0]), np.float32)
+    step = scan.slice_spacing / float(render.spacing[2])
+    for k in range(nz):
+        j = k * step
+        j0 = int(math.floor(j + 1e-9))
+        f = j - j0
+        box0 = a[j0:j0 + n_sub].mean(axis=0)
+        if f > 1e-6:
+            box1 = a[j0 + 1:j0 + 1 + n_sub].mean(axis=0)
+            box0 = (1 - f) * box0 + f * box1
+        res[k] = box0
+    del a, img
+    if scan.noise_sd > 0:
+        from scipy.ndimage import gaussian_filter
+
+        noise = rng.standard_normal(res.shape, dtype=np.float32)
+        if scan.noise_corr_px > 0:
+            noise = gaussian_filter(noise, (0.0, scan.noise_corr_px, scan.noise_corr_px))
+            noise /= np.float32(noise.std())
+        res += np.float32(scan.noise_sd) * noise
+        del noise
+    if scan.fov_circle:
+        n = out.size[0]
+        c = (n - 1) / 2.0
+        yy, xx = np.ogrid[:n, :n]
+        outside = (xx - c) ** 2 + (yy - c) ** 2 > (n / 2.0) ** 2
+        res[:, outside] = HU_PAD
+    np.rint(res, out=res)
+    np.clip(res, -1024.0, 3071.0, out=res)
+    return out.apply(sitk.GetImageFromArray(res))
+
+
+def _fov_origin(scan: ScanSpec, center_xyz: np.ndarray) -> np.ndarray:
+    """Origin of a scan grid whose centre is at ``center_xyz`` (world mm)."""
+    D = scan.direction_matrix
+    half = np.array([(scan.size_xy - 1) * scan.spacing_xy, (scan.size_xy - 1) * scan.spacing_xy,
+                     (scan.n_slices - 1) * scan.slice_spacing]) / 2.0
+    return np.asarray(center_xyz, float) - D @ half
+
+
+def _grid_bbox(grid: _Grid) -> tuple[np.ndarray, np.ndarray]:
+    n = np.array(grid.size) - 1
+    corners = np.array([[a, b, c] for a in (0, n[0]) for b in (0, n[1]) for c in (0, n[2])])
+    w = grid.world(corners)
+    return w.min(axis=0), w.max(axis=0)
+
+
+def _render_base(anat: _Anatomy, render1: _Grid, rng: np.random.Generator,
+                 margin_z: float = 50.0) -> tuple[np.ndarray, _Grid]:
+    """Anatomy (with vessels, without nodules) on an axis-aligned body-frame grid.
+
+    The grid has the spacing of the T1 render grid and contains it as a
+    sub-grid when T1 is axis-aligned; it extends ``margin_z`` mm beyond T1
+    along z and covers the whole body in-plane, so T2 can be sampled from it
+    after repositioning.
+    """
+    sp = render1.spacing.copy()
+    lo, hi = _grid_bbox(render1)
+    body_lo = anat.center[:2] - np.array([anat.ax, anat.ay]) - 10.0
+    body_hi = anat.center[:2] + np.array([anat.ax, anat.ay]) + 10.0
+    need_lo = np.array([min(lo[0], body_lo[0]), min(lo[1], body_lo[1]), lo[2] - margin_z])
+    need_hi = np.array([max(hi[0], body_hi[0]), max(hi[1], body_hi[1]), hi[2] + margin_z])
+    o1 = render1.origin if np.allclose(render1.direction, np.eye(3)) else lo
+    m_lo = np.ceil((o1 - need_lo) / sp - 1e-9).astype(int)
+    origin = o1 - m_lo * sp
+    size = np.ceil((need_hi - origin) / sp - 1e-9).astype(int) + 1
+    grid = _Grid(origin, sp, tuple(int(s) for s in size), np.eye(3))
+    x = origin[0] + sp[0] * np.arange(size[0])
+    y = origin[1] + sp[1] * np.arange(size[1])
+    z = origin[2] + sp[2] * np.arange(size[2])
+    # smooth zero-mean unit-variance texture on a 6 mm grid, interpolated
+    from scipy.ndimage import gaussian_filter
+
+    tsp = 6.0
+    tsize = np.ceil((size - 1) * sp / tsp).astype(int) + 2
+    tex = gaussian_filter(rng.standard_normal(tsize[::-1]), 1.0)
+    tex = (tex - tex.mean()) / tex.std()
+    tex_img = sitk.GetImageFromArray(tex.astype(np.float32))
+    tex_img.SetOrigin(tuple(float(v) for v in origin - tsp / 2))
+    tex_img.SetSpacing((tsp, tsp, tsp))
+    arr = np.empty((size[2], size[1], size[0]), np.float32)
+    h = float(min(sp[0], sp[1]))
+    slab = max(1, int(6_000_000 // (size[0] * size[1])))
+    for k0 in range(0, size[2], slab):
+        k1 = min(size[2], k0 + slab)
+        ref = sitk.Image(int(size[0]), int(size[1]), int(k1 - k0), sitk.sitkFloat32)
+        ref.SetOrigin((float(origin[0]), float(origin[1]), float(z[k0])))
+        ref.SetSpacing(tuple(float(v) for v in sp))
+        t = sitk.GetArrayFromImage(sitk.Resample(tex_img, ref, sitk.Transform(), sitk.sitkLinear, 0.0))
+        arr[k0:k1] = anat.render_slab(x, y, z[k0:k1], h, t)
+    anat.render_vessels(arr, origin, sp)
+    return arr, grid
+
+
+def _warp_to_t2(base_img: sitk.Image, render2: _Grid, geometry: PairGeometry,
+                field_spacing: float = 5.0) -> np.ndarray:
+    """Sample the body-frame anatomy on the T2 render grid through :math:`F^{-1}`.
+
+    :math:`F^{-1}` is tabulated as a displacement field on a 5 mm grid (the
+    rigid part is affine, hence interpolated exactly; the breathing part is
+    smooth) and applied by SimpleITK's multi-threaded linear resampling.
+    """
+    lo, hi = _grid_bbox(render2)
+    lo = lo - 2 * field_spacing
+    hi = hi + 2 * field_spacing
+    n = np.ceil((hi - lo) / field_spacing).astype(int) + 1
+    gx = lo[0] + field_spacing * np.arange(n[0])
+    gy = lo[1] + field_spacing * np.arange(n[1])
+    gz = lo[2] + field_spacing * np.arange(n[2])
+    Z, Y, X = np.meshgrid(gz, gy, gx, indexing="ij")
+    w = np.stack([X, Y, Z], axis=-1)
+    disp = geometry.inverse(w) - w
+    field_img = sitk.GetImageFromArray(disp.astype(np.float64), isVector=True)
+    field_img.SetOrigin(tuple(float(v) for v in lo))
+    field_img.SetSpacing((field_spacing,) * 3)
+    tx = sitk.DisplacementFieldTransform(field_img)
+    out = sitk.Resample(base_img, render2.reference(), tx, sitk.sitkLinear, HU_AIR, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(out)
+
+
+# ---------------------------------------------------------------------------
+# synthetic DICOM tags (PHI is fake, drawn from the seed)
+# ---------------------------------------------------------------------------
+
+_FIRST = ["Anna", "Bernd", "Clara", "David", "Elif", "Farid", "Greta", "Hugo", "Ines", "Jonas",
+          "Karin", "Lars", "Maria", "Nils", "Olga", "Paul", "Rosa", "Stefan", "Tamara", "Uwe"]
+_LAST = ["Adler", "Berger", "Castro", "Dumont", "Eriksen", "Fischer", "Garcia", "Horvat",
+         "Ivanova", "Jansen", "Keller", "Lindqvist", "Moreau", "Novak", "Ortega", "Peters"]
+_INSTITUTIONS = ["St. Elsewhere General Hospital", "Phantom University Medical Center",
+                 "Synthetic Lung Clinic", "Riverside Imaging Institute"]
+
+
+def _make_tags(rng: np.random.Generator, patient_id: str, t1_date: _dt.date, t2_date: _dt.date,
+               scans: tuple[ScanSpec, ScanSpec]) -> tuple[dict, dict]:
+    sex = str(rng.choice(["F", "M"]))
+    name = f"{_LAST[int(rng.integers(len(_LAST)))]}^{_FIRST[int(rng.integers(len(_FIRST)))]}"
+    birth = t1_date - _dt.timedelta(days=int(rng.integers(50 * 365, 80 * 365)))
+    tags = []
+    for i, (date, scan) in enumerate(zip((t1_date, t2_date), scans)):
+        age = (date - birth).days // 365
+        tags.append({
+            "PatientName": name,
+            "PatientID": patient_id,
+            "PatientBirthDate": birth.strftime("%Y%m%d"),
+            "PatientSex": sex,
+            "PatientAge": f"{age:03d}Y",
+            "InstitutionName": _INSTITUTIONS[int(rng.integers(len(_INSTITUTIONS)))],
+            "ReferringPhysicianName": f"{_LAST[int(rng.integers(len(_LAST)))]}^{_FIRST[int(rng.integers(len(_FIRST)))]}^^Dr.",
+            "AccessionNumber": f"A{int(rng.integers(10**7, 10**8))}",
+            "StudyID": str(int(rng.integers(1000, 9999))),
+            "StudyDate": date.strftime("%Y%m%d"),
+            "SeriesDate": date.strftime("%Y%m%d"),
+            "AcquisitionDate": date.strftime("%Y%m%d"),
+            "StudyTime": f"{int(rng.integers(7, 18)):02d}{int(rng.integers(0, 60)):02d}00",
+            "Manufacturer": scan.manufacturer,
+            "ManufacturerModelName": scan.model,
+            "KVP": float(scan.kvp),
+            "SliceThickness": float(scan.slice_thickness),
+            "ConvolutionKernel": scan.kernel,
+            "StudyDescription": "CT CHEST WITHOUT CONTRAST" if i == 0 else "CT CHEST FOLLOW-UP NODULE",
+            "SeriesDescription": f"Thorax {scan.slice_thickness:g} mm {scan.kernel}",
+            "BodyPartExamined": "CHEST",
+            "XRayTubeCurrent": int(rng.integers(40, 220)),
+            "ReconstructionDiameter": float(scan.size_xy * scan.spacing_xy),
+        })
+    return tags[0], tags[1]
+
+
+# ---------------------------------------------------------------------------
+# the pair
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PhantomPair:
+    """A synthetic T1/T2 chest-CT pair with its truth.
+
+    Attributes
+    ----------
+    t1, t2 : SimpleITK.Image
+        3-D ``sitkFloat32`` HU images (integer-valued, as stored by scanners),
+        LPS; T1 world = body frame.
+    truth : pandas.DataFrame
+        One row per nodule, columns :data:`TRUTH_COLUMNS` (see
+        :func:`make_pair`).
+    t1_tags, t2_tags : dict
+        DICOM attributes by keyword with synthetic PHI (same patient).
+    t1_date, t2_date : datetime.date
+    patient_id : str
+    spec : PairSpec
+        The resolved specification (random fields filled in).
+    geometry : PairGeometry
+        The body (T1) <-> T2 world maps.
+    seed : int
+    """
+
+    t1: sitk.Image
+    t2: sitk.Image
+    truth: pd.DataFrame
+    t1_tags: dict
+    t2_tags: dict
+    t1_date: _dt.date
+    t2_date: _dt.date
+    patient_id: str
+    spec: PairSpec
+    geometry: PairGeometry
+    seed: int
+    _nodules: tuple = ()
+    _anatomy: Any = None
+
+    @property
+    def interval_days(self) -> int:
+        """T2 date minus T1 date in days."""
+        return (self.t2_date - self.t1_date).days
+
+    def nodule_occupancy(self, nodule_id: int, time: int, reference: sitk.Image | None = None,
+                         *, supersample: int = 3, core: bool = False) -> sitk.Image:
+        """Partial-volume occupancy (0..1) of one true nodule on an image grid.
+
+        Rendered from the continuous shape (supersampled), *without* PSF or
+        slice-thickness blur: a ground-truth mask for segmentation studies
+        (threshold at 0.5 for a binary mask).
+
+        Parameters
+        ----------
+        nodule_id : int
+            ``truth.nodule_id`` of the nodule.
+        time : {1, 2}
+        reference : SimpleITK.Image, optional
+            Grid to render on (default: ``t1`` or ``t2``).
+        supersample : int
+            Sub-samples per voxel and axis.
+        core : bool
+            Occupancy of the solid core of a part-solid nodule instead.
+
+        Returns
+        -------
+        SimpleITK.Image
+            ``sitkFloat32`` occupancy on the reference grid.
+        """
+        if time not in (1, 2):
+            raise PhantomSpecError(f"time={time!r} invalid; use 1 (T1) or 2 (T2)")
+        nods = [n for n in self._nodules if n.nodule_id == int(nodule_id)]
+        if not nods:
+            raise PhantomSpecError(f"nodule_id={nodule_id!r} not in this pair; see pair.truth.nodule_id")
+        ref = reference if reference is not None else (self.t1 if time == 1 else self.t2)
+        grid = _Grid(np.array(ref.GetOrigin()), np.array(ref.GetSpacing()), ref.GetSize(),
+                     np.array(ref.GetDirection()).reshape(3, 3))
+        arr = np.zeros(ref.GetSize()[::-1], np.float32)
+        occ = _occupancy(grid, nods[0], time, self.geometry, self._anatomy, sub=supersample, core=core)
+        if occ is not None:
+            arr[occ[0]] = occ[1]
+        return grid.apply(sitk.GetImageFromArray(arr))
+
+
+def _resolve_scan(base: ScanSpec, value: Any, name: str) -> ScanSpec:
+    if value is None:
+        return base
+    if isinstance(value, ScanSpec):
+        return value
+    if isinstance(value, Mapping):
+        try:
+            return dataclasses.replace(base, **dict(value))
+        except TypeError as exc:
+            raise PhantomSpecError(f"{name}: {exc}; use ScanSpec field names") from exc
+    raise PhantomSpecError(f"{name}={value!r} invalid; give a ScanSpec or a dict of ScanSpec fields")
+
+
+def _check_range(name: str, values, bound: float) -> np.ndarray:
+    arr = np.atleast_1d(np.asarray(values, float))
+    if not np.all(np.isfinite(arr)) or np.any(np.abs(arr) > bound + 1e-12):
+        raise PhantomSpecError(f"{name}={tuple(arr.tolist())} outside [-{bound}, {bound}]")
+    return arr
+
+
+def make_pair(seed: int, preset: str = "small", **overrides: Any) -> PhantomPair:
+    """Make a deterministic synthetic T1/T2 chest-CT pair with known nodule truth.
+
+    Parameters
+    ----------
+    seed : int
+        Seed of ``numpy.random.default_rng``-style generators (one independent
+        child stream each for anatomy, nodules, repositioning, the two
+        acquisitions and the tags). Same seed and arguments -> identical
+        images and truth.
+    preset : {'small', 'full'}
+        ``small``: 160 x 160 x 100 at 2.25 x 2.25 x 2.5 mm (T2 slightly
+        different), a few seconds; ``full``: 512 x 512 x 250 at
+        0.7 x 0.7 x 1 mm (T2 0.72 mm, 260 slices of 1.25 mm).
+    **overrides
+        Fields of :class:`PairSpec`: ``nodules`` (sequence of
+        :class:`NoduleSpec`), ``n_nodules``, ``translation_mm``,
+        ``rotation_deg``, ``breathing_cc``, ``breathing_ap``,
+        ``interval_days``, ``t1_date``, ``patient_id``, and ``t1_scan`` /
+        ``t2_scan`` (a :class:`ScanSpec`, or a dict of fields replacing the
+        preset's, e.g. ``t2_scan={"noise_sd": 30}``).
+
+    Returns
+    -------
+    PhantomPair
+        ``truth`` columns: ``patient_id, nodule_id, kind, shape, location``;
+        ``t1_x, t1_y, t1_z, t2_x, t2_y, t2_z`` (centroid of the continuous
+        shape, world LPS mm of each scan); ``t{1,2}_volume_mm3``;
+        ``t{1,2}_long_axis_mm`` (longest axial in-plane diameter over all
+        axial planes), ``t{1,2}_short_axis_mm`` (longest extent perpendicular
+        to it in the same plane), ``t{1,2}_mean_diameter_mm`` = (long +
+        short) / 2 (Lung-RADS v2022, ACR), ``t{1,2}_max_3d_diameter_mm``;
+        ``t{1,2}_solid_volume_mm3`` (part-solid, else NaN);
+        ``interval_days``, ``volume_ratio`` (:math:`V_2/V_1` of the truth),
+        ``t1_date``, ``t2_date``; ``volume_rel_precision`` and
+        ``diameter_precision_mm`` (0 for analytic truth, else the change
+        between the last two numerical refinements).
+
+        For a sphere of radius :math:`r`, :math:`V = \\tfrac{4}{3}\\pi r^3`;
+        an ellipsoid with semi-axes :math:`a, b, c`, :math:`V =
+        \\tfrac{4}{3}\\pi abc`, and its axial diameters are
+        :math:`2/\\sqrt{\\lambda_{min,max}(A_{xy})}` with
+        :math:`A = R\\,\\mathrm{diag}(a^{-2}, b^{-2}, c^{-2})R^T`.
+        Lobulated and pleura-clipped shapes are integrated numerically
+        (:func:`_integrate`, converged to 0.2 % relative).
+
+    Raises
+    ------
+    PhantomSpecError
+        Unknown preset or override, or a value out of range.
+
+    Examples
+    --------
+    >>> pair = make_pair(0, nodules=[NoduleSpec(kind="solid", shape="sphere",
+    ...                  location="isolated", diameter_mm=10.0, volume_ratio=2.0)])
+    >>> pair.t1.GetSize()
+    (160, 160, 100)
+    >>> row = pair.truth.iloc[0]
+    >>> round(row.t1_volume_mm3, 1), round(row.volume_ratio, 3)
+    (523.6, 2.0)
+    """
+    if preset not in PRESETS:
+        raise PhantomSpecError(f"preset={preset!r} unknown; use one of {sorted(PRESETS)}")
+    known = {f.name for f in dataclasses.fields(PairSpec)}
+    bad = sorted(set(overrides) - known)
+    if bad:
+        raise PhantomSpecError(f"unknown override(s) {bad}; use PairSpec fields {sorted(known)}")
+    try:
+        seed = int(seed)
+    except (TypeError, ValueError) as exc:
+        raise PhantomSpecError(f"seed={seed!r} is not an integer") from exc
+    if seed < 0:
+        raise PhantomSpecError(f"seed={seed} is negative; use a non-negative integer")
+    t1_scan = _resolve_scan(PRESETS[preset]["t1"], overrides.pop("t1_scan", None), "t1_scan")
+    t2_scan = _resolve_scan(PRESETS[preset]["t2"], overrides.pop("t2_scan", None), "t2_scan")
+    t1_scan.validate("t1_scan")
+    t2_scan.validate("t2_scan")
+    streams = np.random.SeedSequence(seed).spawn(7)
+    r_anat, r_nod, r_pair, r_acq1, r_acq2, r_tags, r_tex = (np.random.default_rng(s) for s in streams)
+
+    # -- pair-level random choices (overridable) --------------------------------
+    center = np.array([r_pair.uniform(-4, 4), r_pair.uniform(-4, 4), r_pair.uniform(-200.0, -120.0)])
+    tr = overrides.get("translation_mm")
+    tr = r_pair.uniform(-10, 10, 3) if tr is None else _check_range("translation_mm", tr, 20.0)
+    rot = overrides.get("rotation_deg")
+    rot = r_pair.uniform(-3, 3, 3) if rot is None else _check_range("rotation_deg", rot, 5.0)
+    cc = overrides.get("breathing_cc")
+    cc = float(r_pair.uniform(-0.05, 0.05)) if cc is None else float(_check_range("breathing_cc", cc, 0.08)[0])
+    ap = overrides.get("breathing_ap")
+    ap = float(r_pair.uniform(-0.025, 0.025)) if ap is None else float(_check_range("breathing_ap", ap, 0.04)[0])
+    if tr.shape != (3,) or rot.shape != (3,):
+        raise PhantomSpecError("translation_mm and rotation_deg need 3 values (x, y, z)")
+    interval = overrides.get("interval_days")
+    interval = int(r_pair.choice([90, 180, 365, 730]) + r_pair.integers(-14, 15)) if interval is None else int(interval)
+    if interval < 1:
+        raise PhantomSpecError(f"interval_days={interval} < 1; T2 must be after T1")
+    t1_date = overrides.get("t1_date")
+    t1_date = _dt.date(2016, 1, 4) + _dt.timedelta(days=int(r_pair.integers(0, 2500))) if t1_date is None else t1_date
+    if not isinstance(t1_date, _dt.date):
+        raise PhantomSpecError(f"t1_date={t1_date!r} is not a datetime.date")
+    t2_date = t1_date + _dt.timedelta(days=interval)
+    patient_id = overrides.get("patient_id") or f"PH{seed:05d}"
+
+    anat = _Anatomy(r_anat, center)
+    geometry = PairGeometry(
+        center=center, rotation=Rotation.from_euler("xyz", rot, degrees=True).as_matrix(),
+        translation=np.asarray(tr, float), breathing_cc=cc, breathing_ap=ap,
+        z_fixed=center[2] + anat.z_apex, y_fixed=center[1] + anat.spine_y)
+
+    # -- nodules ---------------------------------------------------------------
+    specs = overrides.get("nodules")
+    if specs is None:
+        n = overrides.get("n_nodules")
+        n = int(r_nod.integers(1, 4)) if n is None else int(n)
+        if not 0 <= n <= 8:
+            raise PhantomSpecError(f"n_nodules={n} outside [0, 8]")
+        specs = [NoduleSpec()] * n
+    specs = list(specs)
+    nodules: list[_Nodule] = []
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, NoduleSpec):
+            raise PhantomSpecError(f"nodules[{i}]={spec!r} is not a NoduleSpec")
+        spec.validate(f"nodules[{i}]")
+        rng_i = np.random.default_rng([seed, 1000 + i])
+        nod = _random_nodule(spec, i + 1, rng_i)
+        _place(nod, anat, rng_i, nodules)
+        nod.center2 = geometry.forward(nod.center1[None, :])[0]
+        nodules.append(nod)
+
+    resolved = PairSpec(t1_scan=t1_scan, t2_scan=t2_scan, nodules=tuple(specs), n_nodules=len(specs),
+                        translation_mm=tuple(float(v) for v in tr), rotation_deg=tuple(float(v) for v in rot),
+                        breathing_cc=cc, breathing_ap=ap, interval_days=interval, t1_date=t1_date,
+                        patient_id=patient_id)
+
+    # -- images ------------------------------------------------------------------
+    fov1 = center + np.array([*t1_scan.center_offset_xy, t1_scan.z_coverage_center])
+    out1, render1, nsub1 = _render_grid(t1_scan, _fov_origin(t1_scan, fov1))
+    fov2 = center + np.asarray(tr) + np.array([*t2_scan.center_offset_xy, t2_scan.z_coverage_center])
+    out2, render2, nsub2 = _render_grid(t2_scan, _fov_origin(t2_scan, fov2))
+
+    base, bgrid = _render_base(anat, render1, r_tex)
+    base_img = bgrid.apply(sitk.GetImageFromArray(base))
+    del base
+    arr2 = _warp_to_t2(base_img, render2, geometry)
+    if np.allclose(render1.direction, np.eye(3)):
+        k = np.rint(bgrid.index(render1.origin)).astype(int)
+        arr1 = sitk.GetArrayViewFromImage(base_img)[k[2]:k[2] + render1.size[2], k[1]:k[1] + render1.size[1],
+                                                    k[0]:k[0] + render1.size[0]].copy()
+    else:
+        arr1 = sitk.GetArrayFromImage(sitk.Resample(base_img, render1.reference(), sitk.Transform(),
+                                                    sitk.sitkLinear, HU_AIR, sitk.sitkFloat32))
+    del base_img
+    for nod in nodules:
+        _draw_nodule(arr1, render1, nod, 1, geometry, anat)
+        _draw_nodule(arr2, render2, nod, 2, geometry, anat)
+    t1 = _acquire(arr1, render1, out1, nsub1, t1_scan, r_acq1)
+    del arr1
+    t2 = _acquire(arr2, render2, out2, nsub2, t2_scan, r_acq2)
+    del arr2
+
+    # -- truth -------------------------------------------------------------------
+    rows = []
+    for nod in nodules:
+        a = _truth_at(nod, 1, geometry, anat)
+        b = _truth_at(nod, 2, geometry, anat)
+        rows.append({
+            "patient_id": patient_id, "nodule_id": nod.nodule_id, "kind": nod.kind, "shape": nod.shape,
+            "location": nod.location,
+            "t1_x": a["centroid"][0], "t1_y": a["centroid"][1], "t1_z": a["centroid"][2],
+            "t2_x": b["centroid"][0], "t2_y": b["centroid"][1], "t2_z": b["centroid"][2],
+            "t1_volume_mm3": a["volume"], "t2_volume_mm3": b["volume"],
+            "t1_long_axis_mm": a["long"], "t1_short_axis_mm": a["short"],
+            "t1_mean_diameter_mm": (a["long"] + a["short"]) / 2.0, "t1_max_3d_diameter_mm": a["max3d"],
+            "t2_long_axis_mm": b["long"], "t2_short_axis_mm": b["short"],
+            "t2_mean_diameter_mm": (b["long"] + b["short"]) / 2.0, "t2_max_3d_diameter_mm": b["max3d"],
+            "t1_solid_volume_mm3": a["solid"], "t2_solid_volume_mm3": b["solid"],
+            "interval_days": interval, "volume_ratio": b["volume"] / a["volume"],
+            "t1_date": t1_date.isoformat(), "t2_date": t2_date.isoformat(),
+            "volume_rel_precision": max(a["vprec"], b["vprec"]),
+            "diameter_precision_mm": max(a["dprec"], b["dprec"]),
+        })
+    truth = pd.DataFrame(rows, columns=TRUTH_COLUMNS)
+    t1_tags, t2_tags = _make_tags(r_tags, patient_id, t1_date, t2_date, (t1_scan, t2_scan))
+    return PhantomPair(t1=t1, t2=t2, truth=truth, t1_tags=t1_tags, t2_tags=t2_tags, t1_date=t1_date,
+                       t2_date=t2_date, patient_id=patient_id, spec=resolved, geometry=geometry, seed=seed,
+                       _nodules=tuple(nodules), _anatomy=anat)
