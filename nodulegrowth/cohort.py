@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import os
-import re
 import tempfile
 import time
 import traceback
@@ -368,16 +367,6 @@ def make_tasks(manifest: Manifest) -> list[PairTask]:
     return [PairTask(t1, t2, tuple(rows)) for (t1, t2), rows in groups.items()]
 
 
-def safe_name(text: str) -> str:
-    """A file-name-safe form of a patient or nodule identifier."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "x"
-
-
-def nodule_image_name(row: ManifestRow) -> str:
-    """``<patient_id>_<nodule_id>.png`` with unsafe characters replaced."""
-    return f"{safe_name(row.patient_id)}_{safe_name(row.nodule_id)}.png"
-
-
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     if isinstance(exc, NoduleGrowthError):
@@ -562,7 +551,7 @@ def _render(row, record, voi1, seg1, voi2, seg2, m1, m2, prop, ref2, out_dir: Pa
     nodule_dir = out_dir / "nodules"
     nodule_dir.mkdir(parents=True, exist_ok=True)
     report.render_nodule_check(
-        nodule_dir / nodule_image_name(row),
+        nodule_dir / report.nodule_png_name(row.patient_id, row.nodule_id),
         t1_image=voi1, t1_mask=as_mask(seg1, voi1),
         t2_image=voi2, t2_mask=as_mask(seg2, voi2) if voi2 is not None else None,
         t1_center_xyz=m1.center_xyz, t2_center_xyz=m2.center_xyz if m2 is not None else None,
