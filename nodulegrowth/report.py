@@ -56,7 +56,7 @@ import tempfile
 import textwrap
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -75,6 +75,7 @@ __all__ = [
     "nodule_png_name",
     "make_report",
     "render_nodule_check",
+    "nodule_check_figure",
 ]
 
 
@@ -1169,7 +1170,7 @@ def make_report(measurements: pd.DataFrame | str | os.PathLike, out_dir: str | o
     out_dir : path-like
         Output folder (created). Writes ``report.pdf`` (A4 landscape, one
         page per figure, TrueType fonts embedded), ``figures/<name>.png``
-        (each page at 150 dpi, 1754 x 1240 px) and ``cohort_summary.csv``
+        (each cohort-level page at 150 dpi, 1753 x 1240 px) and ``cohort_summary.csv``
         (:func:`cohort_statistics`). Every file is written atomically.
     nodule_dir : path-like, optional
         Folder of the per-nodule visual checks (default ``out_dir/nodules``);
@@ -1288,6 +1289,9 @@ def make_report(measurements: pd.DataFrame | str | os.PathLike, out_dir: str | o
                 def emit(name, fig, png=True):
                     pdf.savefig(fig)
                     if png:
+                        # the PDF pass has fixed the layout; freezing it halves
+                        # the PNG time and makes the PNG identical to the page
+                        fig.set_layout_engine("none")
                         _save_png(fig, fig_dir / f"{name}.png")
                     plt.close(fig)
                 for name, factory in pages:
@@ -1399,6 +1403,51 @@ def render_nodule_check(path: str | os.PathLike, *, t1_image, t1_mask, t2_image,
     ...     p.stat().st_size > 0
     True
     """
+    import matplotlib.pyplot as plt
+
+    fig = nodule_check_figure(t1_image=t1_image, t1_mask=t1_mask, t2_image=t2_image,
+                              t2_mask=t2_mask, t1_center_xyz=t1_center_xyz,
+                              t2_center_xyz=t2_center_xyz, t2_propagated_xyz=t2_propagated_xyz,
+                              t2_reference_xyz=t2_reference_xyz, info=info,
+                              title=title or Path(path).stem)
+    try:
+        _save_png(fig, Path(path))
+    finally:
+        plt.close(fig)
+    return Path(path)
+
+
+def nodule_check_figure(*, t1_image, t1_mask, t2_image, t2_mask, t1_center_xyz, t2_center_xyz,
+                        t2_propagated_xyz=None, t2_reference_xyz=None,
+                        info: Mapping[str, Any] | None = None, title: str = ""):
+    """Build the figure of :func:`render_nodule_check` without writing it.
+
+    Parameters are those of :func:`render_nodule_check`. The axes carry gids
+    ``"T1_axial"``, ``"T1_coronal"``, ``"T2_axial"``, ``"T2_coronal"`` and
+    the markers the labels ``"centre"``, ``"propagated"``, ``"radiologist"``
+    (data coordinates: mm from the drawn centre), so the geometry can be
+    checked programmatically.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        11 x 7.2 inches; the caller closes it (``matplotlib.pyplot.close``).
+
+    Raises
+    ------
+    GeometryError
+        As :func:`render_nodule_check`.
+
+    Examples
+    --------
+    >>> import SimpleITK as sitk, matplotlib.pyplot as plt
+    >>> img = sitk.Image(15, 15, 5, sitk.sitkFloat32)
+    >>> fig = nodule_check_figure(t1_image=img, t1_mask=None, t2_image=img, t2_mask=None,
+    ...                           t1_center_xyz=(7, 7, 2), t2_center_xyz=(7, 7, 2))
+    >>> sorted(a.get_gid() for a in fig.axes if a.get_gid())
+    ['T1_axial', 'T1_coronal', 'T2_axial', 'T2_coronal']
+    >>> plt.close(fig)
+    """
     import matplotlib
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
@@ -1407,12 +1456,15 @@ def render_nodule_check(path: str | os.PathLike, *, t1_image, t1_mask, t2_image,
             ("T2", t2_image, t2_mask, t2_center_xyz,
              {"propagated": t2_propagated_xyz, "radiologist": t2_reference_xyz}))
     for tp, img, msk, _, _ in rows:
-        if img is None or img.GetDimension() != 3:
-            raise GeometryError(f"{tp} image for {title or path} is not a 3-D SimpleITK image; "
-                                "pass the crop returned by io.crop")
-        if msk is not None and (msk.GetSize() != img.GetSize() or msk.GetDimension() != 3):
-            raise GeometryError(f"{tp} mask size {msk.GetSize()} differs from its image size "
-                                f"{img.GetSize()} for {title or path}; pass the mask of this crop")
+        if not hasattr(img, "GetDimension") or img.GetDimension() != 3:
+            raise GeometryError(f"{tp} image for {title or 'the nodule'} is not a 3-D "
+                                f"SimpleITK image (got {type(img).__name__}); pass the crop "
+                                "returned by io.crop")
+        if msk is not None and (not hasattr(msk, "GetSize") or msk.GetSize() != img.GetSize()):
+            got = msk.GetSize() if hasattr(msk, "GetSize") else type(msk).__name__
+            raise GeometryError(f"{tp} mask size {got} differs from its image size "
+                                f"{img.GetSize()} for {title or 'the nodule'}; pass the mask "
+                                "of this crop")
     markers = {"centre": ("+", "#00FF00", 90), "propagated": ("x", "#FF00FF", 70),
                "radiologist": ("o", "#FFFF00", 70)}
     info = dict(info or {})
@@ -1475,9 +1527,10 @@ def render_nodule_check(path: str | os.PathLike, *, t1_image, t1_mask, t2_image,
                     # mistaken for a point on this slice
                     style = ({"facecolors": "none", "edgecolors": col} if m == "o"
                              else {"color": col})
-                    ax.scatter(*xy, marker=m, s=s, linewidths=1.6,
+                    ax.scatter(*xy, marker=m, s=s, linewidths=1.6, label=name,
                                alpha=0.45 if dist > half else 1.0, zorder=5, **style)
                 ax.set_aspect("equal")
+                ax.set_gid(f"{tp}_{view}")
                 ax.tick_params(labelsize=7)
                 label = f"{tp} {view}"
                 if msk is None:
@@ -1501,10 +1554,7 @@ def render_nodule_check(path: str | os.PathLike, *, t1_image, t1_mask, t2_image,
                         facecolor="#555555", labelcolor="white", title="window W1500/L−600 HU",
                         title_fontsize=8)
         leg.get_title().set_color("white")
-        out = Path(path)
-        _save_png(fig, out)
-        plt.close(fig)
-    return out
+    return fig
 
 
 def _mask_array(mask) -> np.ndarray:
