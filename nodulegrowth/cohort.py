@@ -431,11 +431,19 @@ def process_pair(task: PairTask, config: PipelineConfig, out_dir: str | os.PathL
     try:
         t1 = io.load_scan(task.t1_image)
         t2 = io.load_scan(task.t2_image)
+        for scan in (t1, t2):
+            for note in scan.info.notes:
+                log.warning("%s: %s", scan.info.source, note)
+        loaded = time.perf_counter()
         mask1 = lung.lung_mask(t1.image)
         mask2 = lung.lung_mask(t2.image)
+        masked = time.perf_counter()
         workdir = out_dir / "registration" / task.key if config.write_registration else None
         reg = register.register_pair(t1.image, t2.image, fixed_mask=mask1, moving_mask=mask2,
                                      workdir=workdir, number_of_threads=config.threads)
+        log.info("pair %s (%s -> %s): read %.1f s, lung masks %.1f s, registration %.1f s",
+                 task.key, task.t1_image, task.t2_image, loaded - started, masked - loaded,
+                 time.perf_counter() - masked)
     except Exception as exc:  # noqa: BLE001 -- a failed pair must not stop the cohort
         where = f"pair {Path(task.t1_image).name} -> {Path(task.t2_image).name}"
         log.error("%s: %s", where, _one_line(exc))
@@ -649,7 +657,9 @@ def write_measurements(frame, path: str | os.PathLike) -> Path:
 # the runner
 # --------------------------------------------------------------------------
 def _setup_logging(out_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(out_dir / "run.log", encoding="utf-8")
+    # Append mode: worker processes add their lines to the same file (each record
+    # is one write to an O_APPEND file, so lines do not interleave mid-line).
+    handler = logging.FileHandler(out_dir / "run.log", mode="a", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.DEBUG)
     root = logging.getLogger("nodulegrowth")
@@ -673,7 +683,8 @@ def _map_tasks(tasks: Sequence[PairTask], config: PipelineConfig, out_dir: Path,
 
     # spawn, not fork: ITK and elastix hold thread pools that do not survive a fork.
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_setup_logging,
+                             initargs=(out_dir,)) as pool:
         futures = {pool.submit(process_pair, task, config, out_dir): task for task in tasks}
         for future in as_completed(futures):
             task = futures[future]
@@ -732,6 +743,10 @@ def run_cohort(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, *, 
     rows_dir.mkdir(exist_ok=True)
     handler = _setup_logging(out_dir)
     try:
+        from . import __version__
+
+        log.info("nodulegrowth %s: run of %s into %s (resume=%s)", __version__, manifest.path,
+                 out_dir, resume)
         config = config or PipelineConfig()
         jobs = max(1, int(jobs))
         if jobs > 1 and config.threads is None:
