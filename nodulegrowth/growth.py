@@ -59,6 +59,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 from typing import Callable
 
 from .errors import MeasurementError
@@ -73,6 +75,8 @@ __all__ = [
     "lung_rads_2022",
     "nelson",
     "nelson_vdt_category",
+    "load_uncertainty_model",
+    "volume_cv",
     "volume_change_pct",
     "volume_doubling_time",
 ]
@@ -379,6 +383,111 @@ CRITERIA: dict[str, tuple[str, Callable[..., str]]] = {
 }
 
 
+_MODEL_PATH = Path(__file__).resolve().parent / "params" / "uncertainty_model.csv"
+
+
+@lru_cache(maxsize=4)
+def load_uncertainty_model(path: str | None = None):
+    r"""Read the measurement-uncertainty model fitted by ``benchmarks/measurement.py``.
+
+    Parameters
+    ----------
+    path : str, optional
+        CSV file; default ``nodulegrowth/params/uncertainty_model.csv``.
+
+    Returns
+    -------
+    pandas.DataFrame or None
+        Columns ``nodule_type, quantity, k, p`` (model
+        :math:`\mathrm{CV} = k\,(h/D)^p`); None when the file is absent
+        (e.g. not installed), in which case no intervals are computed.
+
+    Examples
+    --------
+    >>> m = load_uncertainty_model()
+    >>> m is None or {"nodule_type", "quantity", "k", "p"} <= set(m.columns)
+    True
+    """
+    import pandas as pd
+
+    f = Path(path) if path else _MODEL_PATH
+    if not f.is_file():
+        return None
+    return pd.read_csv(f)
+
+
+def volume_cv(diameter_mm, voxel_size_mm, nodule_type: str | None = None, model=None) -> float:
+    r"""Predicted coefficient of variation of a repeated volume measurement.
+
+    .. math:: \mathrm{CV}_V = k \left(\frac{h}{D}\right)^p
+
+    with :math:`h` the geometric-mean voxel size and :math:`D` the mean
+    diameter; :math:`k, p` were fitted per nodule type to repeated scans of
+    phantoms (``benchmarks/measurement.py``). Without a type, the largest
+    prediction over the types is returned (conservative).
+
+    Parameters
+    ----------
+    diameter_mm : float
+        Mean diameter (mm, > 0).
+    voxel_size_mm : float
+        :math:`(s_z s_y s_x)^{1/3}` (mm, > 0).
+    nodule_type : str, optional
+        ``solid``, ``part_solid`` or ``ground_glass``.
+    model : pandas.DataFrame, optional
+        Default :func:`load_uncertainty_model`.
+
+    Returns
+    -------
+    float
+        CV (fraction); NaN when no model is available or an input is not
+        positive and finite.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> mdl = pd.DataFrame({"nodule_type": ["solid"], "quantity": ["volume"], "k": [0.5], "p": [1.0]})
+    >>> volume_cv(10.0, 1.0, "solid", model=mdl)
+    0.05
+    """
+    mdl = load_uncertainty_model() if model is None else model
+    try:
+        d, h = float(diameter_mm), float(voxel_size_mm)
+    except (TypeError, ValueError):
+        return math.nan
+    if mdl is None or not (math.isfinite(d) and math.isfinite(h)) or d <= 0 or h <= 0:
+        return math.nan
+    rows = mdl[mdl["quantity"] == "volume"]
+    if nodule_type is not None and (rows["nodule_type"] == nodule_type).any():
+        rows = rows[rows["nodule_type"] == nodule_type]
+    if rows.empty:
+        return math.nan
+    return float(max(r.k * (h / d) ** r.p for r in rows.itertuples()))
+
+
+def _uncertainty(m1, m2, t, nodule_type, model):
+    """95 % intervals of the volume change and VDT, and whether the change is real."""
+    cv1 = volume_cv(getattr(m1, "mean_diameter_mm", math.nan), getattr(m1, "voxel_size_mm", math.nan),
+                    nodule_type, model)
+    cv2 = volume_cv(getattr(m2, "mean_diameter_mm", math.nan), getattr(m2, "voxel_size_mm", math.nan),
+                    nodule_type, model)
+    v1, v2 = float(m1.volume_mm3), float(m2.volume_mm3)
+    if not (math.isfinite(cv1) and math.isfinite(cv2)) or v2 <= 0:
+        return (math.nan, math.nan), (math.nan, math.nan), None
+    # CV ~ SD of log volume for small CVs; independent errors at T1 and T2
+    s = math.sqrt(cv1 ** 2 + cv2 ** 2)
+    lr = math.log(v2 / v1)
+    lo, hi = lr - 1.96 * s, lr + 1.96 * s
+    pct = (100.0 * (math.exp(lo) - 1.0), 100.0 * (math.exp(hi) - 1.0))
+    exceeds = lo > 0 or hi < 0
+    if exceeds:
+        a, b = t * math.log(2.0) / hi, t * math.log(2.0) / lo
+        vdt = (min(a, b), max(a, b))
+    else:
+        vdt = (math.nan, math.nan)
+    return pct, vdt, exceeds
+
+
 @dataclass(frozen=True)
 class GrowthResult:
     """Growth of one nodule between T1 and T2.
@@ -403,7 +512,17 @@ class GrowthResult:
     nelson_vdt_category : str
         ``fast|intermediate|slow`` for a growing nodule, else ``""``.
     flags : tuple of str
-        QC flags, e.g. ``interval_exceeds_12_months``, ``nodule_vanished``.
+        QC flags, e.g. ``interval_exceeds_12_months``, ``nodule_vanished``,
+        ``change_within_measurement_error``.
+    volume_change_pct_ci95 : tuple of 2 float
+        95 % interval of the volume change (%) from the measurement-uncertainty
+        model (NaN when no model or no voxel size is available).
+    vdt_days_ci95 : tuple of 2 float
+        95 % interval of the VDT (days); NaN bounds when the volume-ratio
+        interval contains 1 (the VDT is then unbounded).
+    change_exceeds_measurement_error : bool or None
+        True when the 95 % interval of the volume ratio excludes 1; None
+        without a model.
     """
 
     interval_days: float
@@ -415,6 +534,9 @@ class GrowthResult:
     by_criterion: dict = field(default_factory=dict)
     nelson_vdt_category: str = ""
     flags: tuple = ()
+    volume_change_pct_ci95: tuple = (math.nan, math.nan)
+    vdt_days_ci95: tuple = (math.nan, math.nan)
+    change_exceeds_measurement_error: bool | None = None
 
     def as_dict(self) -> dict:
         """Flat dictionary with the contract's column names plus extras.
@@ -424,7 +546,9 @@ class GrowthResult:
         dict
             ``interval_days, diameter_change_mm, volume_change_pct, vdt_days,
             growth`` (contract), ``growth_criterion``, ``growth_<name>`` for
-            every criterion and ``nelson_vdt_category``.
+            every criterion, ``nelson_vdt_category`` and the uncertainty
+            columns ``volume_change_pct_lo95/_hi95``, ``vdt_days_lo95/_hi95``,
+            ``change_exceeds_measurement_error``.
 
         Examples
         --------
@@ -444,10 +568,14 @@ class GrowthResult:
         for name in CRITERIA:
             d[f"growth_{name}"] = self.by_criterion.get(name, "")
         d["nelson_vdt_category"] = self.nelson_vdt_category
+        d["volume_change_pct_lo95"], d["volume_change_pct_hi95"] = self.volume_change_pct_ci95
+        d["vdt_days_lo95"], d["vdt_days_hi95"] = self.vdt_days_ci95
+        d["change_exceeds_measurement_error"] = self.change_exceeds_measurement_error
         return d
 
 
-def assess_growth(m1, m2, interval_days, *, criterion: str = DEFAULT_CRITERION) -> GrowthResult:
+def assess_growth(m1, m2, interval_days, *, criterion: str = DEFAULT_CRITERION,
+                  nodule_type: str | None = None, uncertainty_model=None) -> GrowthResult:
     r"""Assess the growth of a nodule between two measurements.
 
     .. math::
@@ -458,6 +586,17 @@ def assess_growth(m1, m2, interval_days, *, criterion: str = DEFAULT_CRITERION) 
 
     and every criterion of :data:`CRITERIA` (see the module notes for the
     rules and their references).
+
+    When the measurements carry ``voxel_size_mm`` and the uncertainty model
+    (:func:`load_uncertainty_model`) is available, the 95 % interval of the
+    volume ratio is
+
+    .. math:: \frac{V_2}{V_1} \exp\big(\pm 1.96 \sqrt{\mathrm{CV}_1^2 + \mathrm{CV}_2^2}\big)
+
+    (CV from :func:`volume_cv`, treated as the SD of :math:`\ln V`), from which
+    the intervals of the volume change and VDT follow;
+    ``change_exceeds_measurement_error`` says whether it excludes 1, otherwise
+    the flag ``change_within_measurement_error`` is set.
 
     Parameters
     ----------
@@ -470,6 +609,10 @@ def assess_growth(m1, m2, interval_days, *, criterion: str = DEFAULT_CRITERION) 
     criterion : str, default "lung_rads_2022"
         Criterion behind ``growth``: one of ``lung_rads_2022``,
         ``fleischner_2017``, ``nelson``.
+    nodule_type : str, optional
+        Selects the uncertainty model's row; the most conservative when None.
+    uncertainty_model : pandas.DataFrame, optional
+        Overrides the packaged model.
 
     Returns
     -------
@@ -506,6 +649,9 @@ def assess_growth(m1, m2, interval_days, *, criterion: str = DEFAULT_CRITERION) 
     if float(v2) == 0.0:
         flags.append("nodule_vanished")
         by = {k: "shrank" for k in by}
+    pct_ci, vdt_ci, exceeds = _uncertainty(m1, m2, t, nodule_type, uncertainty_model)
+    if exceeds is False:
+        flags.append("change_within_measurement_error")
     return GrowthResult(
         interval_days=t,
         diameter_change_mm=diameter_change_mm(d1, d2),
@@ -516,4 +662,7 @@ def assess_growth(m1, m2, interval_days, *, criterion: str = DEFAULT_CRITERION) 
         by_criterion=by,
         nelson_vdt_category=nelson_vdt_category(vdt) if float(v2) > float(v1) else "",
         flags=tuple(flags),
+        volume_change_pct_ci95=pct_ci,
+        vdt_days_ci95=vdt_ci,
+        change_exceeds_measurement_error=exceeds,
     )

@@ -640,6 +640,10 @@ class NoduleMeasurement:
     solid_long_axis_mm, solid_mean_diameter_mm, solid_volume_mm3 : float
         Same measurements of the solid component of a part-solid nodule; NaN
         when there is none.
+    voxel_size_mm : float
+        Geometric-mean voxel size :math:`(s_z s_y s_x)^{1/3}` (mm) of the scan
+        measured, used by the measurement-uncertainty model of
+        :mod:`nodulegrowth.growth`.
     """
 
     long_axis_mm: float
@@ -654,6 +658,7 @@ class NoduleMeasurement:
     solid_long_axis_mm: float = math.nan
     solid_mean_diameter_mm: float = math.nan
     solid_volume_mm3: float = math.nan
+    voxel_size_mm: float = math.nan
 
     def as_dict(self, prefix: str = "") -> dict:
         """Flat dictionary with the contract's column names.
@@ -670,7 +675,7 @@ class NoduleMeasurement:
             Contract columns (``long_axis_mm, short_axis_mm, mean_diameter_mm,
             max_3d_diameter_mm, volume_mm3, center_x, center_y, center_z``)
             followed by extras (``volume_pv_mm3, axial_slice, center_k,
-            center_j, center_i`` and the ``solid_*`` values).
+            center_j, center_i``, the ``solid_*`` values and ``voxel_size_mm``).
 
         Examples
         --------
@@ -696,6 +701,7 @@ class NoduleMeasurement:
             f"{p}solid_long_axis_mm": self.solid_long_axis_mm,
             f"{p}solid_mean_diameter_mm": self.solid_mean_diameter_mm,
             f"{p}solid_volume_mm3": self.solid_volume_mm3,
+            f"{p}voxel_size_mm": self.voxel_size_mm,
         }
 
 
@@ -804,6 +810,7 @@ def measure_nodule(mask, spacing_zyx, *, origin_xyz=(0.0, 0.0, 0.0), direction=N
         solid_long_axis_mm=s_long,
         solid_mean_diameter_mm=s_mean,
         solid_volume_mm3=s_vol,
+        voxel_size_mm=float(np.prod(sp)) ** (1.0 / 3.0),
     )
 
 

@@ -146,3 +146,50 @@ def test_assess_growth_errors():
         assess_growth(meas(6, 100), meas(7, 120), 0)
     with pytest.raises(MeasurementError, match="v1"):
         assess_growth(meas(6, 0.0), meas(7, 120), 30)
+
+
+# --------------------------------------------------------------------------
+# measurement-uncertainty intervals
+# --------------------------------------------------------------------------
+def model(k=0.3, p=1.0):
+    import pandas as pd
+
+    return pd.DataFrame({"nodule_type": ["solid", "ground_glass"], "quantity": ["volume", "volume"],
+                         "k": [k, 2 * k], "p": [p, p]})
+
+
+def test_volume_cv_model():
+    from nodulegrowth.growth import volume_cv
+
+    assert volume_cv(10.0, 1.0, "solid", model=model()) == pytest.approx(0.03)
+    # no type: the most conservative row
+    assert volume_cv(10.0, 1.0, None, model=model()) == pytest.approx(0.06)
+    assert math.isnan(volume_cv(0.0, 1.0, "solid", model=model()))
+    assert math.isnan(volume_cv(10.0, float("nan"), "solid", model=model()))
+
+
+@pytest.mark.parametrize("v2, exceeds", [(200.0, True), (102.0, False), (50.0, True)])
+def test_assess_growth_intervals(v2, exceeds):
+    m1 = SimpleNamespace(mean_diameter_mm=8.0, volume_mm3=100.0, voxel_size_mm=0.8)
+    m2 = SimpleNamespace(mean_diameter_mm=8.0, volume_mm3=v2, voxel_size_mm=0.8)
+    r = assess_growth(m1, m2, 200, nodule_type="solid", uncertainty_model=model())
+    cv = 0.3 * 0.8 / 8.0
+    s = math.sqrt(2) * cv
+    lo, hi = r.volume_change_pct_ci95
+    assert lo < r.volume_change_pct < hi
+    assert hi == pytest.approx(100 * (v2 / 100.0 * math.exp(1.96 * s) - 1))
+    assert r.change_exceeds_measurement_error is exceeds
+    assert ("change_within_measurement_error" in r.flags) is (not exceeds)
+    if exceeds:
+        vlo, vhi = r.vdt_days_ci95
+        assert vlo < r.vdt_days < vhi
+    else:
+        assert all(math.isnan(v) for v in r.vdt_days_ci95)
+    d = r.as_dict()
+    assert d["change_exceeds_measurement_error"] is exceeds
+
+
+def test_assess_growth_without_voxel_size_has_no_interval():
+    r = assess_growth(meas(6.0, 100.0), meas(8.0, 200.0), 100, uncertainty_model=model())
+    assert r.change_exceeds_measurement_error is None
+    assert all(math.isnan(v) for v in r.volume_change_pct_ci95)
