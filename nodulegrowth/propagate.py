@@ -320,20 +320,35 @@ def _local_lung(dark: np.ndarray, spacing: np.ndarray, radius_mm: float) -> np.n
     return ndi.binary_fill_holes(closed)
 
 
-def _segment_center(vol, spacing, seed_zyx, lung):
-    """Centroid (z, y, x index) of segment.segment_nodule's mask, or None."""
+def _segment_center(moving, seed_xyz, lung_mask, half_mm):
+    """Centroid (LPS mm) of segment.segment_nodule's mask at a seed, or None.
+
+    The segmentation gets its own VOI (``half_mm`` around the seed), as large
+    as the segmentation step of the pipeline uses, so the centre found here
+    is the one the pipeline will measure.
+    """
     try:
         from .segment import segment_nodule
     except ImportError:
         return None
+    roi, lo = _crop_array(moving, seed_xyz, half_mm)
+    if roi is None:
+        return None
+    vol = sitk.GetArrayFromImage(roi).astype(np.float32)
+    sp = np.array(roi.GetSpacing()[::-1], float)
+    lung = None
+    if lung_mask is not None:
+        lung = sitk.GetArrayFromImage(sitk.RegionOfInterest(lung_mask, roi.GetSize(), [int(v) for v in lo])) > 0
+    seed_zyx = np.array(roi.TransformPhysicalPointToContinuousIndex([float(v) for v in seed_xyz]))[::-1]
     try:
-        seg = segment_nodule(vol, tuple(spacing), tuple(float(v) for v in seed_zyx), lung_mask=lung)
-    except Exception:  # a failed segmentation falls back to the candidate blob
+        seg = segment_nodule(vol, tuple(sp), tuple(float(v) for v in seed_zyx), lung_mask=lung)
+    except Exception:  # noqa: BLE001 - a failed segmentation falls back to the blob
         return None
     m = np.asarray(seg.mask, bool)
-    if not m.any() or not m[tuple(np.round(seed_zyx).astype(int))]:
+    if not m.any() or not m[tuple(np.clip(np.round(seed_zyx).astype(int), 0, np.array(m.shape) - 1))]:
         return None
-    return np.argwhere(m).mean(axis=0)
+    c = np.argwhere(m).mean(axis=0)[::-1]
+    return np.array(roi.TransformContinuousIndexToPhysicalPoint([float(v) for v in c]))
 
 
 def reidentify(moving: sitk.Image, propagated_xyz, *, reference=None,
@@ -435,8 +450,19 @@ def reidentify(moving: sitk.Image, propagated_xyz, *, reference=None,
     otsu = float(threshold_otsu(clipped)) if clipped.min() < clipped.max() else float(clipped.min())
     dark_vals = clipped[clipped < otsu]
     h_lung = float(np.median(dark_vals)) if dark_vals.size else -850.0
-    if reference_hu is not None and np.isfinite(reference_hu) and reference_hu > h_lung + 50:
-        thr = 0.5 * (h_lung + float(reference_hu))
+    h_nod = float(reference_hu) if reference_hu is not None and np.isfinite(reference_hu) else None
+    if h_nod is None:
+        # no T1 density: take the nodule's from T2 at the propagated point,
+        # which after registration is inside the nodule unless it vanished
+        c_idx = np.array(roi.TransformPhysicalPointToContinuousIndex([float(v) for v in q]))[::-1]
+        zz, yy, xx = np.indices(vol.shape)
+        rr = max(0.5 * r1, 2.0)
+        ball = ((zz - c_idx[0]) * spacing[0]) ** 2 + ((yy - c_idx[1]) * spacing[1]) ** 2 \
+            + ((xx - c_idx[2]) * spacing[2]) ** 2 <= rr * rr
+        if ball.any():
+            h_nod = float(np.percentile(vol[ball], 75))
+    if h_nod is not None and h_nod > h_lung + 100.0:
+        thr = 0.5 * (h_lung + min(h_nod, 100.0))
     else:
         thr = otsu
     fg = vol > thr
@@ -490,9 +516,9 @@ def reidentify(moving: sitk.Image, propagated_xyz, *, reference=None,
         flags.append("reidentification_ambiguous")
     center = best.center_xyz
     if use_segmentation:
-        seg_c = _segment_center(vol, spacing, seed_zyx, lm)
+        seg_c = _segment_center(moving, best.seed_xyz, lung_mask, max(40.0, 2.0 * r1 + 10.0))
         if seg_c is not None:
-            center = to_world(seg_c)
+            center = seg_c
     if np.linalg.norm(center - q) > LARGE_RESIDUAL_MM:
         flags.append("reidentification_far")
     return Reidentification(True, best.seed_xyz, center, float(best_s), allc, tuple(flags), thr)
