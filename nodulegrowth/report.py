@@ -603,8 +603,16 @@ def _mean_sd(stats: pd.DataFrame, group: str, col: str) -> str:
     m, s = _stat(stats, "size", "mean", group, col), _stat(stats, "size", "sd", group, col)
     if not np.isfinite(m):
         return "no data"
-    sd = f"{s:.2f}" if np.isfinite(s) else "–"
-    return f"{m:.2f} ± {sd} mm"
+    return _pm(m, s, "mm")
+
+
+def _pm(mean: float, sd: float, unit: str, digits: int = 2) -> str:
+    """``"10.73 ± 3.80 mm"``; a lone value has no SD and says so."""
+    if not np.isfinite(mean):
+        return "no data"
+    if not np.isfinite(sd):
+        return f"{_fmt(mean, digits)} {unit} (one value, no SD)"
+    return f"{_fmt(mean, digits)} ± {_fmt(sd, digits)} {unit}"
 
 
 def _wrap(text: str, width: int) -> list[str]:
@@ -689,7 +697,7 @@ def _page_summary(df, stats, groups, skipped, title, subtitle):
     gs = fig.add_gridspec(2, 2, height_ratios=[1.0, 1.25])
     ax = fig.add_subplot(gs[0, 0])
     ax.set_axis_off()
-    ax.set_title("Patients and nodules by diagnosis", loc="left", fontsize=11)
+    ax.set_title("Patients and nodules by diagnosis", loc="left", fontsize=12)
     rows = []
     for g in [*groups, "all"]:
         rows.append([g if g != "all" else "all diagnoses"] + [
@@ -697,12 +705,12 @@ def _page_summary(df, stats, groups, skipped, title, subtitle):
             for s in ("patients", "nodules", "processed", "failed", "flagged")])
     shown = rows if len(rows) <= 12 else rows[:11] + [["…"] * 6] + rows[-1:]
     _draw_table(ax, ["diagnosis", "patients", "nodules", "processed", "failed", "flagged"],
-                shown, [0.30, 0.14, 0.14, 0.14, 0.14, 0.14], [22, 8, 8, 8, 8, 8],
-                line_h=0.075 if len(shown) <= 8 else 0.6 / len(shown), fontsize=9)
+                shown, [0.31, 0.13, 0.13, 0.17, 0.12, 0.13], [19, 8, 8, 8, 8, 8],
+                line_h=0.085 if len(shown) <= 9 else 0.85 / (len(shown) + 1), fontsize=10.5)
 
     ax = fig.add_subplot(gs[0, 1])
     ax.set_axis_off()
-    ax.set_title("Interval between scans (per scan pair)", loc="left", fontsize=11)
+    ax.set_title("Interval between scans (per scan pair)", loc="left", fontsize=12)
     n = _stat(stats, "interval", "n", "all", "interval_days")
     if np.isfinite(n) and n > 0:
         q = {k: _stat(stats, "interval", k, "all", "interval_days")
@@ -720,12 +728,12 @@ def _page_summary(df, stats, groups, skipped, title, subtitle):
         lines += ["", "Sections not shown:"]
         for name, why in skipped:
             lines += ["  " + ln for ln in _wrap(f"{name}: {why}", 70)]
-    ax.text(0.0, 0.92, "\n".join(lines), va="top", ha="left", fontsize=9.5,
+    ax.text(0.0, 0.97, "\n".join(lines), va="top", ha="left", fontsize=10.5,
             transform=ax.transAxes, linespacing=1.5)
 
     ax = fig.add_subplot(gs[1, :])
     ax.set_axis_off()
-    ax.set_title("Scanners at T1 and T2 (per scan)", loc="left", fontsize=11)
+    ax.set_title("Scanners at T1 and T2 (per scan)", loc="left", fontsize=12)
     rows = []
     for tp in ("T1", "T2"):
         for section, label in (("scanner", "scanner"), ("kvp", "tube voltage"),
@@ -733,10 +741,10 @@ def _page_summary(df, stats, groups, skipped, title, subtitle):
             sel = stats[(stats.section == section) & stats.detail.str.startswith(tp + "|")]
             items = [f"{d.split('|', 1)[1]} (n={v:.0f})" for d, v in zip(sel.detail, sel.value)]
             rows.append([tp, label, "; ".join(items) or "–"])
-    lines_per = _table_lines(rows, [4, 16, 120])
-    lh = min(0.085, 0.9 / max(sum(lines_per) + 1, 1))
-    _draw_table(ax, ["time", "setting", "scans per value"], rows, [0.06, 0.14, 0.80],
-                [4, 16, 120], line_h=lh, fontsize=9)
+    lines_per = _table_lines(rows, [4, 16, 105])
+    lh = min(0.085, 0.95 / max(sum(lines_per) + 1, 1))
+    _draw_table(ax, ["time", "setting", "scans per value"], rows, [0.06, 0.15, 0.79],
+                [4, 16, 105], line_h=lh, fontsize=10 if sum(lines_per) <= 12 else 8.5)
     return fig
 
 
@@ -748,11 +756,9 @@ def _page_size(stats, ok, groups, colours, sections: Sequence[str]):
     vals = np.concatenate([ok["t1_mean_diameter_mm"].to_numpy(float),
                            ok["t2_mean_diameter_mm"].to_numpy(float)])
     vals = vals[np.isfinite(vals)]
-    lo, hi = (float(vals.min()), float(vals.max())) if vals.size else (0.0, 1.0)
-    if hi - lo < 1e-6:
-        lo, hi = lo - 0.5, hi + 0.5
-    bins = np.histogram_bin_edges(vals if vals.size else [0, 1], bins="auto", range=(lo, hi))
-    bins = bins if len(bins) <= 31 else np.linspace(lo, hi, 31)
+    bins = _bins(vals if vals.size else np.array([0.0, 1.0]), float(vals.min()) if vals.size
+                 else 0.0, float(vals.max()) if vals.size else 1.0)
+    lo, hi = float(bins[0]), float(bins[-1])
     fs = 10 if len(sections) <= 2 else 9
     for r, g in enumerate(sections):
         sub = ok if g == "all" else ok[ok["diagnosis"] == g]
@@ -772,8 +778,12 @@ def _page_size(stats, ok, groups, colours, sections: Sequence[str]):
         name = "all nodules" if g == "all" else g
         ax.set_title(f"{name}: {_mean_sd(stats, g, 't1_mean_diameter_mm')} at T1, "
                      f"{_mean_sd(stats, g, 't2_mean_diameter_mm')} at T2",
-                     fontsize=fs + 1, loc="left",
-                     color=colours.get(g, "black") if g != "all" else "black")
+                     fontsize=fs + 1, loc="left")
+        if g != "all":
+            # the diagnosis colour as a thick left spine: coloured text in
+            # light palette colours would not be legible in print
+            ax.spines["left"].set_color(colours[g])
+            ax.spines["left"].set_linewidth(5)
         ax.legend(fontsize=fs - 1, frameon=False)
         ax.tick_params(labelsize=fs)
         ax.yaxis.get_major_locator().set_params(integer=True)
@@ -781,9 +791,12 @@ def _page_size(stats, ok, groups, colours, sections: Sequence[str]):
         if nonempty:
             b = bx.boxplot([d for d, _ in nonempty], tick_labels=[t for _, t in nonempty],
                            patch_artist=True, widths=0.5, medianprops={"color": "black"})
-            for patch, (_, tp) in zip(b["boxes"], nonempty):
+            for i, (patch, (d, tp)) in enumerate(zip(b["boxes"], nonempty)):
                 patch.set_facecolor(TIME_POINT_COLOURS[tp])
                 patch.set_alpha(0.7)
+                if d.size < 10:
+                    # a box of a handful of values hides them: show the values
+                    bx.scatter(np.full(d.size, i + 1.0), d, s=14, color="black", zorder=3)
             bx.set_ylabel("mean axial diameter (mm)", fontsize=fs)
             bx.tick_params(labelsize=fs)
             bx.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
@@ -799,12 +812,9 @@ def _hist_by_group(ax, sub, col, groups, colours, xlabel):
     if allv.size == 0:
         _note(ax, f"no {xlabel} values")
         return
-    lo, hi = float(allv.min()), float(allv.max())
-    if hi - lo < 1e-9:
-        lo, hi = lo - 0.5, hi + 0.5
-    bins = np.histogram_bin_edges(allv, bins="auto", range=(lo, hi))
-    bins = bins if len(bins) <= 31 else np.linspace(lo, hi, 31)
-    keep = [(v, g) for v, g in zip(vals, groups) if v.size]
+    lo, hi, n_out = _robust_range(allv)
+    bins = _bins(np.clip(allv, lo, hi), lo, hi)
+    keep = [(np.clip(v, lo, hi), g) for v, g in zip(vals, groups) if v.size]
     ax.hist([v for v, _ in keep], bins=bins, stacked=True,
             color=[colours[g] for _, g in keep], label=[f"{g} (n={v.size})" for v, g in keep],
             edgecolor="white", linewidth=0.5)
@@ -813,7 +823,43 @@ def _hist_by_group(ax, sub, col, groups, colours, xlabel):
     ax.set_ylabel("nodules", fontsize=10)
     ax.tick_params(labelsize=9)
     ax.yaxis.get_major_locator().set_params(integer=True)
-    ax.legend(fontsize=7.5, frameon=False)
+    ax.legend(fontsize=8, frameon=False, title_fontsize=8, alignment="left",
+              title=f"{n_out} value(s) beyond the axis, counted in the outer bins"
+              if n_out else None)
+
+
+def _bins(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Histogram bin edges over ``[lo, hi]`` (Freedman-Diaconis / Sturges, <= 30 bins).
+
+    With fewer than five values, or values all nearly equal, the automatic
+    rules give one bin as wide as the data; then ten bins over the range
+    padded by half its width (at least 10 % of the largest magnitude) keep a
+    single value a narrow bar in context.
+    """
+    if v.size < 5 or hi - lo < 1e-9:
+        pad = max(0.5 * (hi - lo), 0.1 * max(abs(lo), abs(hi)), 0.5)
+        return np.linspace(lo - pad, hi + pad, 11)
+    bins = np.histogram_bin_edges(v, bins="auto", range=(lo, hi))
+    return bins if len(bins) <= 31 else np.linspace(lo, hi, 31)
+
+
+def _robust_range(v: np.ndarray) -> tuple[float, float, int]:
+    r"""Histogram range and number of values outside it.
+
+    A single extreme value (e.g. a +2400 % volume change) would squash every
+    other bar into one bin, so the range is limited to Tukey's far fences
+    :math:`[Q_1 - 3\,\mathrm{IQR},\ Q_3 + 3\,\mathrm{IQR}]` (never narrower than
+    the data's own range when there are no such outliers).
+    """
+    lo, hi = float(v.min()), float(v.max())
+    if v.size >= 4:
+        q1, q3 = np.percentile(v, [25, 75])
+        iqr = q3 - q1
+        if iqr > 0:
+            lo, hi = max(lo, q1 - 3 * iqr), min(hi, q3 + 3 * iqr)
+    if hi - lo < 1e-9:
+        lo, hi = lo - 0.5, hi + 0.5
+    return lo, hi, int(((v < lo) | (v > hi)).sum())
 
 
 def _page_growth(df, stats, ok, groups, colours):
@@ -824,7 +870,7 @@ def _page_growth(df, stats, ok, groups, colours):
                    "diameter change, mean diameter T2 − T1 (mm)")
     m = _stat(stats, "growth", "mean", "all", "diameter_change_mm")
     s = _stat(stats, "growth", "sd", "all", "diameter_change_mm")
-    ax.set_title(f"Diameter change: {_fmt(m, 2)} ± {_fmt(s, 2)} mm", loc="left", fontsize=10)
+    ax.set_title(f"Diameter change: {_pm(m, s, 'mm')}", loc="left", fontsize=10)
     ax = axs[0, 1]
     _hist_by_group(ax, ok, "volume_change_pct", groups, colours,
                    "volume change, 100 (V2 − V1) / V1 (%)")
@@ -873,7 +919,7 @@ def _page_growth(df, stats, ok, groups, colours):
         ax.yaxis.get_major_locator().set_params(integer=True)
         ax.legend(fontsize=8, frameon=True, framealpha=1.0, edgecolor="white",
                   loc="upper right")
-        ax.set_title(f"Volume doubling time ({n_unch} with unchanged volume, no VDT)",
+        ax.set_title(f"Volume doubling time ({n_unch} nodules with unchanged volume: no VDT)",
                      loc="left", fontsize=10)
     else:
         _note(ax, f"no finite volume doubling time ({n_unch} nodules with unchanged volume)")
@@ -895,7 +941,9 @@ def _page_growth(df, stats, ok, groups, colours):
                     ax.bar(x, n, width * 0.9, bottom=bottom, color=CATEGORY_COLOURS[cat],
                            edgecolor=colours.get(g, "black"), linewidth=2 if g != "all" else 0,
                            label=cat if (ci == 0 and gi == 0) else None)
-                    if n > 0:
+                    # counts inside the bars only while bars are wide enough to
+                    # hold them; every count is in cohort_summary.csv anyway
+                    if n > 0 and (len(bar_groups) <= 4 or g == "all"):
                         ax.text(x, bottom + n / 2, f"{n:.0f}", ha="center", va="center",
                                 fontsize=7, color="white" if cat != "stable" else "black")
                     bottom += n
@@ -907,9 +955,6 @@ def _page_growth(df, stats, ok, groups, colours):
                     fontsize=9, fontweight="bold")
         ax.set_xticks(ticks, labels, fontsize=7 if len(ticks) <= 9 else 6,
                       rotation=0 if len(ticks) <= 9 else 90)
-        if len(bar_groups) > 1:
-            for lab, g in zip(ax.get_xticklabels(), bar_groups * len(crits)):
-                lab.set_color(colours.get(g, "black"))
         ax.set_ylim(0, ymax * 1.3 + 0.5)
         ax.set_ylabel("nodules", fontsize=10)
         ax.set_xlabel("diagnosis within each criterion (bar outline = diagnosis colour)"
@@ -937,8 +982,15 @@ def _page_waterfall(ok, groups, colours):
     # NELSON: a volume increase of >= 25 % is growth [4]_
     ax.axhline(25, color="black", lw=0.8, ls="--")
     ax.text(1.0, 25, " +25 %", transform=ax.get_yaxis_transform(), fontsize=8, va="center")
-    if np.nanmax(np.abs(v)) > 400:
+    if v.size and np.nanmax(np.abs(v)) > 400:
         ax.set_yscale("symlog", linthresh=100)
+        from matplotlib.ticker import FixedLocator, StrMethodFormatter
+        top = np.nanmax(np.abs(v))
+        ticks = [-100, -75, -50, -25, 0, 25, 50, 75, 100]
+        ticks += [m * 10 ** e for e in range(2, int(np.log10(top)) + 1) for m in (2, 5, 10)
+                  if m * 10 ** e <= top * 1.05]
+        ax.yaxis.set_major_locator(FixedLocator(sorted(set(ticks))))
+        ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
         ax.set_ylabel("volume change (%) — symmetric log scale beyond ±100 %", fontsize=10)
     else:
         ax.set_ylabel("volume change, 100 (V2 − V1) / V1 (%)", fontsize=10)
@@ -1251,7 +1303,7 @@ def make_report(measurements: pd.DataFrame | str | os.PathLike, out_dir: str | o
     if not has_growth:
         skipped.append(("growth", "no processed nodule has a growth measurement"))
     if not has_waterfall:
-        skipped.append(("waterfall", "no volume change"))
+        skipped.append(("waterfall", "no processed nodule has a volume change"))
     if not _has_radiologist(df):
         skipped.append(("agreement with radiologists",
                         "no t1_diameter_mm / t2_diameter_mm in the table"))
@@ -1270,9 +1322,12 @@ def make_report(measurements: pd.DataFrame | str | os.PathLike, out_dir: str | o
         if has_size:
             pages.append(("size", lambda: _page_size(stats, ok, groups, colours, ["all"])))
             if len(size_groups) >= 2:
-                for i in range(0, len(size_groups), 3):
-                    chunk = size_groups[i:i + 3]
-                    suffix = "" if len(size_groups) <= 3 else f"_{i // 3 + 1}"
+                # at most 3 diagnoses a page, spread evenly (4 -> 2 + 2)
+                n_pages = math.ceil(len(size_groups) / 3)
+                per = math.ceil(len(size_groups) / n_pages)
+                for i in range(0, len(size_groups), per):
+                    chunk = size_groups[i:i + per]
+                    suffix = "" if n_pages == 1 else f"_{i // per + 1}"
                     pages.append((f"size_by_diagnosis{suffix}",
                                   lambda c=chunk: _page_size(stats, ok, groups, colours, c)))
         if has_growth:
