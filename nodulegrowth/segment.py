@@ -19,7 +19,9 @@ surrounding lung. Every threshold is derived from the image itself:
    region by a ball somewhat larger than the nodule (the classic rolling-ball
    correction, which puts a juxtapleural nodule inside the lung but leaves the
    flat chest wall outside).
-6. **Vessels**: a morphological opening with a ball of 0.45 times the
+6. **Vessels**: at a ground-glass threshold, solid-density structures that
+   reach beyond twice the nodule's inscribed radius (+2 mm) from the seed are
+   vessels and are excluded first; then a morphological opening with a ball of 0.45 times the
    nodule's inscribed radius (the distance from the seed to the nearest
    background voxel) removes attached structures thinner than that; the
    opening is repeated with a larger ball when the result still looks like a
@@ -344,7 +346,12 @@ def segment_nodule(volume_hu, spacing_zyx, seed_zyx, *, lung_mask=None, nodule_t
         lung_closed = _closing(air, 1.5 * r_in + 2.0, sp)
         inside = lung_closed if lung is None else (lung_closed | lung)
         wall = ~inside
-        comp = _component_at(dense & ~wall, seed)
+        cand = dense & ~wall
+        if t < solid_level:
+            cand &= ~_far_reaching_solid(sm, solid_level, seed, sp, 2.0 * r_in + 2.0)
+            if not cand[seed]:
+                cand = dense & ~wall
+        comp = _component_at(cand, seed)
         if not comp.any():  # seed sits in what looks like wall: keep the raw component
             comp = comp0
         return comp, dense, wall, r_in
@@ -363,9 +370,14 @@ def segment_nodule(volume_hu, spacing_zyx, seed_zyx, *, lung_mask=None, nodule_t
         r_v = (3.0 * v / (4.0 * math.pi)) ** (1.0 / 3.0)
         sl = ndimage.find_objects(m.astype(np.uint8))[0]
         ext = max((s.stop - s.start) * d for s, d in zip(sl, sp))
-        # an ellipsoid of aspect 3 has r_v / r_in = 3^(1/3) = 1.44 and extent
-        # 6 r_in; leaks through vessels or into the wall exceed both clearly
-        return r_v > 2.2 * r_in or ext > 8.0 * r_in + 2.0 * float(sp[0])
+        # reference: the largest inscribed ball of the mask (the nodule's, not a
+        # vessel's), at least the one at the seed
+        sub = np.pad(m[sl], 1)
+        r_ref = max(r_in, float(ndimage.distance_transform_edt(sub, sampling=sp).max()))
+        # an ellipsoid of aspect 2.5 has r_v / r_in = 2.5^(1/3) = 1.36 and extent
+        # 5 r_in; a vessel or wall carried along exceeds one of them. A false
+        # alarm only costs a look; a silent leak costs a wrong volume.
+        return r_v > 1.8 * r_ref or ext > 5.0 * r_ref + 2.0 * float(sp[0])
 
     def segment_at(t: float):
         comp, dense, wall, r_in = grow(t)
@@ -622,3 +634,22 @@ def _pv_threshold(sm, mask, dense, wall, G, sp, inplane, *, two_tissue: bool):
     t_pv = float(vals[n - 1])
     lo, hi = p_loc + 0.25 * (g_in - p_loc), p_loc + 0.75 * (g_in - p_loc)
     return float(min(max(t_pv, lo), hi))
+
+
+def _far_reaching_solid(sm, solid_level, seed, sp, reach_mm):
+    """Solid-density structures reaching farther than ``reach_mm`` from the seed.
+
+    At a ground-glass threshold, vessels (far denser than ground glass) would
+    carry the region along them; a solid core of a part-solid nodule stays
+    within the nodule. Returned dilated by one voxel to take their
+    partial-volume rim as well.
+    """
+    solid = sm >= solid_level
+    if not solid.any():
+        return solid
+    lab, n = ndimage.label(solid, structure=_CONN6)
+    idx = np.indices(sm.shape, dtype=np.float32)
+    dist2 = sum(((idx[a] - seed[a]) * float(sp[a])) ** 2 for a in range(3))
+    far = np.asarray(ndimage.maximum(dist2, lab, np.arange(1, n + 1))) > reach_mm ** 2
+    out = np.isin(lab, np.arange(1, n + 1)[far])
+    return ndimage.binary_dilation(out, ndimage.generate_binary_structure(3, 3))

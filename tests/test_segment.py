@@ -233,3 +233,18 @@ def test_errors():
     # a seed in plain lung, far from the nodule
     with pytest.raises(NoduleGrowthError, match="no structure denser"):
         segment_nodule(img, sp, (c[0], c[1] + 10 / sp[1], c[2] + 10 / sp[2]))
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 0.7, 0.7), (1.25, 0.7, 0.7)])
+def test_ground_glass_with_vessel_does_not_follow_the_vessel(spacing):
+    # a vessel is far denser than ground glass: at the ground-glass threshold
+    # the region would run along it through the whole VOI
+    r = 4.0
+    vessel = cylinder(1.0, (0.0, r + 0.5, 0.0), (1.0, 0.2, 0.3))
+    img, c = render([(vessel, 40.0), (ball(r), GGO)], spacing, seed=11)
+    seg = segment_nodule(img, spacing, c)
+    assert seg.nodule_type == "ground_glass"
+    assert seg.location == "juxtavascular"
+    assert "touches_roi_border" not in seg.flags
+    v_true = 4 / 3 * math.pi * r ** 3
+    assert abs(volume_mm3(seg.mask, spacing) / v_true - 1) < 2 * rel_tol(spacing, r)
