@@ -3,9 +3,10 @@
 The nodule is the connected region around the seed that is denser than the
 surrounding lung. Every threshold is derived from the image itself:
 
-1. **Parenchyma level** :math:`P` and noise :math:`\\sigma`: median and MAD of
-   the lung voxels of the VOI (the ``lung_mask`` when given, else the voxels
-   below the Otsu threshold of the VOI).
+1. **Parenchyma level** :math:`P` and noise :math:`\\sigma`: mode of the
+   histogram of the lung voxels of the VOI (the ``lung_mask`` when given, else
+   the voxels below the Otsu threshold of the VOI) and the MAD of the voxels
+   below the mode (dense tissue does not contaminate that side).
 2. **Seed refinement**: if the clicked voxel is not denser than halfway
    between :math:`P` and the local maximum within 2 mm, the seed moves to that
    maximum (the click was beside a small nodule).
@@ -21,11 +22,11 @@ surrounding lung. Every threshold is derived from the image itself:
    flat chest wall outside).
 6. **Vessels**: at a ground-glass threshold, solid-density structures that
    reach beyond twice the nodule's inscribed radius (+2 mm) from the seed are
-   vessels and are excluded first; then a morphological opening with a ball of 0.45 times the
-   nodule's inscribed radius (the distance from the seed to the nearest
-   background voxel) removes attached structures thinner than that; the
-   opening is repeated with a larger ball when the result still looks like a
-   leak.
+   vessels and are excluded first; then a morphological opening with a ball
+   of 0.45 times the nodule's inscribed radius (the distance from the seed to
+   the nearest background voxel) removes attached structures thinner than
+   that; the opening is repeated with a larger ball when the result still
+   looks like a leak.
 7. **Ground-glass halo**: when the core is solid, the in-plane ring 1-2.5 mm
    outside the solid region is examined; if its upper quartile is clearly above
    the parenchyma (a ground-glass rim), the whole nodule is regrown at the
@@ -35,6 +36,14 @@ surrounding lung. Every threshold is derived from the image itself:
    ``part_solid`` when the interior holds a solid component (voxels above the
    midpoint between the ground-glass and solid levels, opened to drop vessels,
    at least a 1 mm ball), else ``ground_glass``.
+9. **Partial-volume consistent boundary**: blur moves the 50 % iso-surface
+   of a convex object inwards (by about :math:`\\sigma_{PSF}^2 / R` for a
+   sphere), so a midpoint threshold under-segments small nodules, while the
+   integral of the image is preserved by blur. The final threshold is the one
+   whose mask volume equals the partial-volume volume
+   :math:`\\sum_i (I_i - P_{loc}) / (G_{in} - P_{loc})` over the mask and a
+   1.5 mm shell (other structures excluded), clamped to the central half of
+   the contrast; the mask is re-opened to keep vessel stubs out.
 
 QC flags (for the contract's ``qc_flags``): ``touches_pleura`` (the mask
 touches the chest wall), ``touches_roi_border``, ``segmentation_leak`` (the mask
@@ -262,7 +271,10 @@ def segment_nodule(volume_hu, spacing_zyx, seed_zyx, *, lung_mask=None, nodule_t
     6-connected component of the seed, wall the tissue outside the (closed)
     lung and :math:`\circ B_{r_o}` the opening by a ball of radius
     :math:`r_o = 0.45\,r_{in}` (:math:`r_{in}` the inscribed radius at the
-    seed). See the module notes for every step and the references [1]_, [2]_.
+    seed). The threshold is finally moved so that the mask volume equals the
+    partial-volume volume (step 9 of the module notes), which removes the
+    blur-induced under-segmentation of small nodules; ``threshold_hu`` is that
+    final value. See the module notes for every step and the references [1]_, [2]_.
 
     Parameters
     ----------
