@@ -238,8 +238,9 @@ def _text(value: Any) -> str:
     return "" if text.lower() == "nan" else text
 
 
-def _flags(value: str) -> list[str]:
-    return [f.strip() for f in str(value).split(";") if f.strip()]
+def _flags(value: Any) -> list[str]:
+    """``"a; b"`` -> ``["a", "b"]``; empty, None or NaN -> ``[]``."""
+    return [f.strip() for f in _text(value).split(";") if f.strip()]
 
 
 def diagnosis_groups(df: pd.DataFrame) -> list[str]:
@@ -1223,7 +1224,9 @@ def make_report(measurements: pd.DataFrame | str | os.PathLike, out_dir: str | o
         Output folder (created). Writes ``report.pdf`` (A4 landscape, one
         page per figure, TrueType fonts embedded), ``figures/<name>.png``
         (each cohort-level page at 150 dpi, 1753 x 1240 px) and ``cohort_summary.csv``
-        (:func:`cohort_statistics`). Every file is written atomically.
+        (:func:`cohort_statistics`). Every file is written atomically;
+        report PNGs of an earlier run whose section is now skipped are
+        removed from ``figures/`` (other files there are left alone).
     nodule_dir : path-like, optional
         Folder of the per-nodule visual checks (default ``out_dir/nodules``);
         ``<patient_id>_<nodule_id>.png`` (or :func:`nodule_png_name`) is put
@@ -1342,13 +1345,17 @@ def make_report(measurements: pd.DataFrame | str | os.PathLike, out_dir: str | o
         with _atomic_path(pdf_path) as tmp_pdf:
             with PdfPages(tmp_pdf, metadata={"Title": title, "Creator": "nodulegrowth"}) as pdf:
                 def emit(name, fig, png=True):
-                    pdf.savefig(fig)
-                    if png:
-                        # the PDF pass has fixed the layout; freezing it halves
-                        # the PNG time and makes the PNG identical to the page
-                        fig.set_layout_engine("none")
-                        _save_png(fig, fig_dir / f"{name}.png")
-                    plt.close(fig)
+                    try:
+                        pdf.savefig(fig)
+                        if png:
+                            # the PDF pass has fixed the layout; freezing it halves
+                            # the PNG time and makes the PNG identical to the page
+                            fig.set_layout_engine("none")
+                            _save_png(fig, fig_dir / f"{name}.png")
+                            written.add(f"{name}.png")
+                    finally:
+                        plt.close(fig)
+                written: set[str] = set()
                 for name, factory in pages:
                     emit(name, factory())
                 for i, fig in enumerate(_pages_failures(stats, df)):
@@ -1365,7 +1372,16 @@ def make_report(measurements: pd.DataFrame | str | os.PathLike, out_dir: str | o
                     emit(name, _page_nodule(r, png, colours), png=per_nodule_png)
         with _atomic_path(out / "cohort_summary.csv") as tmp_csv:
             stats.to_csv(tmp_csv, index=False)
+    # figures of an earlier run whose section is now skipped would look current
+    for stale in fig_dir.glob("*.png"):
+        if _FIGURE_NAME.fullmatch(stale.name) and stale.name not in written:
+            stale.unlink()
     return pdf_path
+
+
+#: Names of the PNGs make_report writes into ``figures/`` (and may remove when stale).
+_FIGURE_NAME = re.compile(r"(cohort_summary|size|size_by_diagnosis(_\d+)?|growth|waterfall|"
+                          r"agreement|propagation|failures_\d+|nodule_.+)\.png")
 
 
 def _find_nodule_png(folder: Path, patient_id: str, nodule_id: str) -> Path | None:

@@ -409,6 +409,17 @@ def test_interrupted_report_leaves_no_partial_file(tmp_path, monkeypatch):
     assert not (tmp_path / "cohort_summary.csv").exists()
 
 
+def test_rerender_removes_stale_figures_only(tmp_path):
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    (figures / "agreement.png").write_bytes(b"from an earlier run")
+    (figures / "my_notes.png").write_bytes(b"not the report's")
+    make_report(make_table(1, failures=(0,), radiologist=False), tmp_path)
+    assert not (figures / "agreement.png").exists()  # section skipped now
+    assert (figures / "my_notes.png").read_bytes() == b"not the report's"
+    assert (figures / "cohort_summary.png").is_file()
+
+
 def test_colours_are_fixed_and_distinct():
     groups = ["benign", "malignant", NOT_GIVEN]
     c = report.diagnosis_colours(groups)
@@ -484,6 +495,13 @@ def test_nodule_check_geometry(spacing):
             assert np.all(r < radius + tol) and np.all(r > radius - 2 * tol)
     finally:
         plt.close(fig)
+
+
+def test_check_text_handles_missing_values():
+    text = report._check_text({"qc_flags": np.nan, "vdt_days": None, "t1_volume_mm3": 523.6,
+                               "t2_volume_mm3": np.nan, "growth": "grew"})
+    assert "QC flags: none" in text and "nan" not in text.lower()
+    assert "524" in text and "grew" in text
 
 
 def test_render_nodule_check_rejects_mismatched_mask(tmp_path):
