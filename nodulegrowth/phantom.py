@@ -50,11 +50,11 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as _dt
-import gzip
-import io as _io
+import logging
 import math
 import os
 import shutil
+import time as _time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -67,6 +67,8 @@ from scipy.spatial.distance import pdist
 from scipy.spatial.transform import Rotation
 
 from .errors import GeometryError, NoduleGrowthError
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "PhantomSpecError",
@@ -158,8 +160,10 @@ class ScanSpec:
     psf_fwhm_mm : float or None
         Full width at half maximum of the in-plane Gaussian point-spread
         function in mm; ``None`` uses ``max(0.9, spacing_xy)``.
-    noise_corr_px : float
-        Gaussian correlation length (sigma, in pixels, in-plane) of the noise.
+    correlated_noise : bool
+        If True the noise is smoothed in-plane by a binomial [1, 2, 1] / 4
+        kernel per axis (correlation length ~0.7 pixel, like the fine grain
+        of CT noise), else white.
     z_coverage_center : float
         Centre of the scanned z range relative to the carina level, in mm
         (body frame), before repositioning.
@@ -181,7 +185,7 @@ class ScanSpec:
     slice_thickness: float = 2.5
     noise_sd: float = 12.0
     psf_fwhm_mm: float | None = None
-    noise_corr_px: float = 0.7
+    correlated_noise: bool = True
     z_coverage_center: float = -35.0
     center_offset_xy: tuple[float, float] = (0.0, 0.0)
     direction: tuple[float, ...] | None = None
@@ -440,8 +444,9 @@ class _Anatomy:
         self.rib_drop = u(35.0, 50.0)
         self.vert_period = u(25.0, 29.0)
         self.vert_phase = u(0.0, 1.0)
-        self.heart_c = np.array([u(10.0, 20.0), self.cyc - 20.0, self.dome_r + u(5.0, 15.0)])
-        self.heart_r = np.array([u(55.0, 65.0), u(45.0, 52.0), u(45.0, 52.0)])
+        # python floats keep float32 arrays float32 (NumPy 2 promotion rules)
+        self.heart_c = (u(10.0, 20.0), self.cyc - 20.0, self.dome_r + u(5.0, 15.0))
+        self.heart_r = (u(55.0, 65.0), u(45.0, 52.0), u(45.0, 52.0))
         self.trachea_y = self.cyc + 22.0
         self.carina_z = -10.0
         self.hilum = {
@@ -650,8 +655,13 @@ class _Anatomy:
             dia = self.diaphragm_sd(Xc, Yc, Zc)
             fill = np.where(dia < 0, np.float32(HU_MEDIASTINAL_FAT), np.float32(HU_LIVER))
             _blend(vals, fill, _occ(cc, h))
-            lung = np.maximum(np.maximum(cc, -self.mediastinum_sd(Xc, Yc, Zc)),
-                              np.maximum(dia, self.apex_sd(Xc, Yc, Zc)))
+            # the mediastinum lies within |x - 10| < 90 mm and the apex domes
+            # above z_apex - 45: evaluate them only there
+            lung = np.maximum(cc, dia)
+            sel = np.nonzero(np.abs(Xc - 10.0) < 90.0)
+            lung[sel] = np.maximum(lung[sel], -self.mediastinum_sd(Xc[sel], Yc[sel], Zc[sel]))
+            sel = np.nonzero(Zc > self.z_apex - 45.0)
+            lung[sel] = np.maximum(lung[sel], self.apex_sd(Xc[sel], Yc[sel], Zc[sel]))
             tex = texture[sl][inside]
             lung_hu = (HU_LUNG + self.gravity_hu * (Yc - self.cyc) / self.cay + self.texture_hu * tex)
             _blend(vals, lung_hu.astype(np.float32), _occ(lung, h))
@@ -666,7 +676,7 @@ class _Anatomy:
             gas = _ellipsoid_sd(X2 - 55.0, Y2 - self.cyc + 20.0, Z2 - zg, 28.0, 22.0, 14.0)
             _blend(v[sl2], HU_AIR, _occ(np.maximum(gas, -self.diaphragm_sd(X2, Y2, Z2) - 6.0), h))
         # ----- heart, great vessels, oesophagus
-        hc, hr = self.heart_c, self.heart_r - 4.0
+        hc, hr = self.heart_c, tuple(r - 4.0 for r in self.heart_r)
         bh = box(hc[0] - hr[0], hc[0] + hr[0], hc[1] - hr[1], hc[1] + hr[1], hc[2] - hr[2], hc[2] + hr[2])
         if bh is not None:
             sl2, X2, Y2, Z2 = bh
@@ -786,6 +796,15 @@ class PairGeometry:
         Relative stretches :math:`c` and :math:`a`.
     z_fixed, y_fixed : float
         World z of the apex level and world y of the spine (body frame, mm).
+
+    Examples
+    --------
+    >>> g = PairGeometry(np.zeros(3), np.eye(3), np.array([5.0, 0.0, 0.0]), 0.05, 0.0, 0.0, 0.0)
+    >>> w = g.forward([[0.0, 0.0, -100.0]])
+    >>> np.round(w, 3).tolist()
+    [[5.0, 0.0, -103.5]]
+    >>> np.round(g.inverse(w), 6).tolist()
+    [[0.0, 0.0, -100.0]]
     """
 
     center: np.ndarray
@@ -1460,36 +1479,50 @@ def _acquire(render_arr: np.ndarray, render: _Grid, out: _Grid, n_sub: int, scan
         \\sigma = \\mathrm{FWHM} / (2\\sqrt{2\\ln 2})
 
     (midpoint rule with ``n_sub`` samples per slice; :math:`\\varepsilon`
-    Gaussian white noise smoothed in-plane and rescaled to ``noise_sd``),
+    Gaussian noise of standard deviation ``noise_sd``, white or smoothed
+    in-plane by a binomial kernel),
     then rounding to integer HU and clipping to [-1024, 3071] as a scanner
     stores it.
     """
-    img = render.apply(sitk.GetImageFromArray(render_arr))
-    del render_arr
-    sigma = scan.psf_fwhm / (2.0 * math.sqrt(2.0 * math.log(2.0)))
-    for axis in (0, 1):
-        img = sitk.RecursiveGaussian(img, sigma, False, sitk.RecursiveGaussianImageFilter.ZeroOrder, axis)
-    a = sitk.GetArrayViewFromImage(img)
-    nz = out.size[2]
-    res = np.empty((nz, out.size[1], out.size[0]), np.float32)
-    step = scan.slice_spacing / float(render.spacing[2])
-    for k in range(nz):
-        j = k * step
-        j0 = int(math.floor(j + 1e-9))
-        f = j - j0
-        box0 = a[j0:j0 + n_sub].mean(axis=0)
-        if f > 1e-6:
-            box1 = a[j0 + 1:j0 + 1 + n_sub].mean(axis=0)
-            box0 = (1 - f) * box0 + f * box1
-        res[k] = box0
-    del a, img
-    if scan.noise_sd > 0:
-        from scipy.ndimage import gaussian_filter
+    from scipy.ndimage import gaussian_filter1d
 
+    sigma = scan.psf_fwhm / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+    a = render_arr
+    for axis, sp in ((2, render.spacing[0]), (1, render.spacing[1])):
+        gaussian_filter1d(a, sigma / float(sp), axis=axis, output=a, mode="nearest", truncate=4.0)
+    nz = out.size[2]
+    step = scan.slice_spacing / float(render.spacing[2])
+    if n_sub == 1 and abs(step - round(step)) < 1e-9:
+        # slices coincide with render samples: the box is the sample itself
+        res = np.array(a[: (nz - 1) * int(round(step)) + 1: int(round(step))], dtype=np.float32)
+    else:
+        res = np.empty((nz, out.size[1], out.size[0]), np.float32)
+        for k in range(nz):
+            j = k * step
+            j0 = int(math.floor(j + 1e-9))
+            f = j - j0
+            box0 = a[j0:j0 + n_sub].mean(axis=0)
+            if f > 1e-6:
+                box1 = a[j0 + 1:j0 + 1 + n_sub].mean(axis=0)
+                box0 = (1 - f) * box0 + f * box1
+            res[k] = box0
+    del a, render_arr
+    if scan.noise_sd > 0:
         noise = rng.standard_normal(res.shape, dtype=np.float32)
-        if scan.noise_corr_px > 0:
-            noise = gaussian_filter(noise, (0.0, scan.noise_corr_px, scan.noise_corr_px))
-            noise /= np.float32(noise.std())
+        if scan.correlated_noise:
+            # binomial kernel [1, 2, 1] along x and y (sigma ~ 0.71 px): an
+            # unnormalised kernel with sum of squared weights 6 per axis
+            # multiplies the standard deviation by sqrt(6) per axis, i.e. 6
+            for ax in (1, 2):
+                c = noise.copy()
+                c *= 2.0
+                lo = [slice(None)] * 3
+                hi = [slice(None)] * 3
+                lo[ax], hi[ax] = slice(0, -1), slice(1, None)
+                c[tuple(hi)] += noise[tuple(lo)]
+                c[tuple(lo)] += noise[tuple(hi)]
+                noise = c
+            noise *= np.float32(1.0 / 6.0)
         res += np.float32(scan.noise_sd) * noise
         del noise
     if scan.fov_circle:
@@ -1555,40 +1588,75 @@ def _render_base(anat: _Anatomy, render1: _Grid, rng: np.random.Generator,
     # anti-aliasing ramp: geometric mean of in-plane and z voxel size
     h = float(math.sqrt(min(sp[0], sp[1]) * sp[2]))
     slab = max(1, int(4_000_000 // (size[0] * size[1])))
+    # the texture varies on a 6 mm scale: interpolate it on a grid about 2 mm
+    # in-plane and repeat each value f x f times (steps < 3 HU, under the noise)
+    f = max(1, int(round(2.0 / min(sp[0], sp[1]))))
+    ncx, ncy = -(-int(size[0]) // f), -(-int(size[1]) // f)
     for k0 in range(0, size[2], slab):
         k1 = min(size[2], k0 + slab)
-        ref = sitk.Image(int(size[0]), int(size[1]), int(k1 - k0), sitk.sitkFloat32)
-        ref.SetOrigin((float(origin[0]), float(origin[1]), float(z[k0])))
-        ref.SetSpacing(tuple(float(v) for v in sp))
+        ref = sitk.Image(ncx, ncy, int(k1 - k0), sitk.sitkFloat32)
+        ref.SetOrigin((float(origin[0] + (f - 1) * sp[0] / 2), float(origin[1] + (f - 1) * sp[1] / 2), float(z[k0])))
+        ref.SetSpacing((float(sp[0] * f), float(sp[1] * f), float(sp[2])))
         t = sitk.GetArrayFromImage(sitk.Resample(tex_img, ref, sitk.Transform(), sitk.sitkLinear, 0.0))
+        if f > 1:
+            t = np.repeat(np.repeat(t, f, axis=1), f, axis=2)[:, : size[1], : size[0]]
         arr[k0:k1] = anat.render_slab(x, y, z[k0:k1], h, t)
     anat.render_vessels(arr, origin, sp)
     return arr, grid
 
 
-def _warp_to_t2(base_img: sitk.Image, render2: _Grid, geometry: PairGeometry,
-                field_spacing: float = 5.0) -> np.ndarray:
+def _breathe(base: np.ndarray, grid: _Grid, geometry: PairGeometry, chunk: int = 64) -> np.ndarray:
+    """Apply the breathing map to the base anatomy: :math:`V(\\mathbf{u}) = \\mathrm{base}(G(\\mathbf{u}))`.
+
+    :math:`G` keeps x and scales y and z about fixed levels by factors that
+    depend on x only, so every sagittal plane (fixed x) is an axis-aligned
+    2-D scaling: bilinear interpolation along z then y, vectorised over
+    chunks of x columns. ``base`` and the result share the axis-aligned
+    body-frame ``grid``; samples beyond the grid repeat its edge (the grid
+    has 50 mm margins along z).
+    """
+    nz, ny, nx = base.shape
+    o, sp = grid.origin, grid.spacing
+    x = o[0] + sp[0] * np.arange(nx)
+    y = o[1] + sp[1] * np.arange(ny)
+    z = o[2] + sp[2] * np.arange(nz)
+    m = geometry._modulation(x)
+    out = np.empty_like(base)
+    for i0 in range(0, nx, chunk):
+        i1 = min(nx, i0 + chunk)
+        mm = m[i0:i1][None, :]
+        fy = ((geometry.y_fixed + (y[:, None] - geometry.y_fixed) / (1.0 + geometry.breathing_ap * mm)) - o[1]) / sp[1]
+        fz = ((geometry.z_fixed + (z[:, None] - geometry.z_fixed) / (1.0 + geometry.breathing_cc * mm)) - o[2]) / sp[2]
+        fy = np.clip(fy, 0.0, ny - 1.0)
+        fz = np.clip(fz, 0.0, nz - 1.0)
+        jy = np.minimum(fy.astype(int), ny - 2)
+        kz = np.minimum(fz.astype(int), nz - 2)
+        wy = (fy - jy).astype(np.float32)[None, :, :]
+        wz = (fz - kz).astype(np.float32)[:, None, :]
+        b = base[:, :, i0:i1]
+        t = (np.take_along_axis(b, kz[:, None, :], axis=0) * (1 - wz)
+             + np.take_along_axis(b, kz[:, None, :] + 1, axis=0) * wz)
+        out[:, :, i0:i1] = (np.take_along_axis(t, jy[None, :, :], axis=1) * (1 - wy)
+                            + np.take_along_axis(t, jy[None, :, :] + 1, axis=1) * wy)
+    return out
+
+
+def _warp_to_t2(base: np.ndarray, bgrid: _Grid, render2: _Grid, geometry: PairGeometry) -> np.ndarray:
     """Sample the body-frame anatomy on the T2 render grid through :math:`F^{-1}`.
 
-    :math:`F^{-1}` is tabulated as a displacement field on a 5 mm grid (the
-    rigid part is affine, hence interpolated exactly; the breathing part is
-    smooth) and applied by SimpleITK's multi-threaded linear resampling.
+    :math:`F^{-1}(\\mathbf{w}) = G(R^T(\\mathbf{w} - \\mathbf{c} - \\mathbf{t}) + \\mathbf{c})`
+    is applied in two exact steps: the breathing :math:`G` on the body grid
+    (:func:`_breathe`), then the rigid part by SimpleITK's multi-threaded
+    linear resampling with an affine transform.
     """
-    lo, hi = _grid_bbox(render2)
-    lo = lo - 2 * field_spacing
-    hi = hi + 2 * field_spacing
-    n = np.ceil((hi - lo) / field_spacing).astype(int) + 1
-    gx = lo[0] + field_spacing * np.arange(n[0])
-    gy = lo[1] + field_spacing * np.arange(n[1])
-    gz = lo[2] + field_spacing * np.arange(n[2])
-    Z, Y, X = np.meshgrid(gz, gy, gx, indexing="ij")
-    w = np.stack([X, Y, Z], axis=-1)
-    disp = geometry.inverse(w) - w
-    field_img = sitk.GetImageFromArray(disp.astype(np.float64), isVector=True)
-    field_img.SetOrigin(tuple(float(v) for v in lo))
-    field_img.SetSpacing((field_spacing,) * 3)
-    tx = sitk.DisplacementFieldTransform(field_img)
-    out = sitk.Resample(base_img, render2.reference(), tx, sitk.sitkLinear, HU_AIR, sitk.sitkFloat32)
+    v = bgrid.apply(sitk.GetImageFromArray(_breathe(base, bgrid, geometry)))
+    tx = sitk.AffineTransform(3)
+    # sitk: T(w) = A (w - C) + C + T0; with A = R^T, C = c + t, T0 = -t this is
+    # R^T (w - c - t) + c
+    tx.SetMatrix(tuple(float(a) for a in geometry.rotation.T.ravel()))
+    tx.SetCenter(tuple(float(a) for a in geometry.center + geometry.translation))
+    tx.SetTranslation(tuple(float(-a) for a in geometry.translation))
+    out = sitk.Resample(v, render2.reference(), tx, sitk.sitkLinear, HU_AIR, sitk.sitkFloat32)
     return sitk.GetArrayFromImage(out)
 
 
@@ -1805,7 +1873,7 @@ def make_pair(seed: int, preset: str = "small", **overrides: Any) -> PhantomPair
     >>> pair.t1.GetSize()
     (160, 160, 100)
     >>> row = pair.truth.iloc[0]
-    >>> round(row.t1_volume_mm3, 1), round(row.volume_ratio, 3)
+    >>> float(round(row.t1_volume_mm3, 1)), float(round(row.volume_ratio, 3))
     (523.6, 2.0)
     """
     if preset not in PRESETS:
@@ -1887,24 +1955,28 @@ def make_pair(seed: int, preset: str = "small", **overrides: Any) -> PhantomPair
     fov2 = center + np.asarray(tr) + np.array([*t2_scan.center_offset_xy, t2_scan.z_coverage_center])
     out2, render2, nsub2 = _render_grid(t2_scan, _fov_origin(t2_scan, fov2))
 
+    tic = _time.perf_counter()
     base, bgrid = _render_base(anat, render1, r_tex)
-    base_img = bgrid.apply(sitk.GetImageFromArray(base))
-    del base
-    arr2 = _warp_to_t2(base_img, render2, geometry)
+    logger.debug("base anatomy %s rendered in %.1f s", base.shape, _time.perf_counter() - tic)
+    tic = _time.perf_counter()
+    arr2 = _warp_to_t2(base, bgrid, render2, geometry)
+    logger.debug("T2 warp in %.1f s", _time.perf_counter() - tic)
     if np.allclose(render1.direction, np.eye(3)):
         k = np.rint(bgrid.index(render1.origin)).astype(int)
-        arr1 = sitk.GetArrayViewFromImage(base_img)[k[2]:k[2] + render1.size[2], k[1]:k[1] + render1.size[1],
-                                                    k[0]:k[0] + render1.size[0]].copy()
+        arr1 = base[k[2]:k[2] + render1.size[2], k[1]:k[1] + render1.size[1], k[0]:k[0] + render1.size[0]].copy()
     else:
-        arr1 = sitk.GetArrayFromImage(sitk.Resample(base_img, render1.reference(), sitk.Transform(),
-                                                    sitk.sitkLinear, HU_AIR, sitk.sitkFloat32))
-    del base_img
+        arr1 = sitk.GetArrayFromImage(sitk.Resample(bgrid.apply(sitk.GetImageFromArray(base)), render1.reference(),
+                                                    sitk.Transform(), sitk.sitkLinear, HU_AIR, sitk.sitkFloat32))
+    del base
+    tic = _time.perf_counter()
     for nod in nodules:
         _draw_nodule(arr1, render1, nod, 1, geometry, anat)
         _draw_nodule(arr2, render2, nod, 2, geometry, anat)
     t1 = _acquire(arr1, render1, out1, nsub1, t1_scan, r_acq1)
     del arr1
     t2 = _acquire(arr2, render2, out2, nsub2, t2_scan, r_acq2)
+    logger.debug("nodules drawn, acquisition simulated in %.1f s", _time.perf_counter() - tic)
+    tic = _time.perf_counter()
     del arr2
 
     # -- truth -------------------------------------------------------------------
@@ -1930,6 +2002,7 @@ def make_pair(seed: int, preset: str = "small", **overrides: Any) -> PhantomPair
             "diameter_precision_mm": max(a["dprec"], b["dprec"]),
         })
     truth = pd.DataFrame(rows, columns=TRUTH_COLUMNS)
+    logger.debug("truth computed in %.1f s", _time.perf_counter() - tic)
     t1_tags, t2_tags = _make_tags(r_tags, patient_id, t1_date, t2_date, (t1_scan, t2_scan))
     return PhantomPair(t1=t1, t2=t2, truth=truth, t1_tags=t1_tags, t2_tags=t2_tags, t1_date=t1_date,
                        t2_date=t2_date, patient_id=patient_id, spec=resolved, geometry=geometry, seed=seed,
