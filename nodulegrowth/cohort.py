@@ -517,8 +517,16 @@ def _process_nodule(row: ManifestRow, t1: Any, t2: Any, mask1: Any, mask2: Any, 
             record["volume_change_pct"] = 100.0 * (m2.volume_mm3 - m1.volume_mm3) / m1.volume_mm3
     record["qc_flags"] = ";".join(dict.fromkeys(flags))
 
+    if voi2 is None:
+        # Not found at T2: still show where the registration says it should be.
+        voi2 = io.crop(t2.image, prop.point_xyz, config.voi_half_size_mm)
     if config.render_nodules:
-        _render(row, record, voi1, seg1, voi2, seg2, m1, m2, prop, ref2, out_dir)
+        try:
+            _render(row, record, voi1, seg1, voi2, seg2, m1, m2, prop, ref2, out_dir)
+        except Exception as exc:  # noqa: BLE001 -- a picture must not cost the measurements
+            log.error("%s: nodule image not written: %s", row.label, _one_line(exc))
+            log.debug("%s", traceback.format_exc())
+            record["qc_flags"] = ";".join(filter(None, [record["qc_flags"], "nodule_image_failed"]))
     return record
 
 
