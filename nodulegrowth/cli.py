@@ -13,6 +13,8 @@ Commands
     Re-render the cohort report from an existing ``measurements.csv``.
 ``nodulegrowth validate MANIFEST.csv``
     Check a manifest and list its invalid rows without running anything.
+``nodulegrowth phantom --out DIR [--pairs N] [--preset small|full] [--format F]``
+    Write a synthetic cohort with known truth (:mod:`nodulegrowth.phantom`).
 
 Exit status (``docs/CONTRACT.md`` section 2): 0 when every row was processed,
 even if some rows failed; 2 when the manifest (or the measurements CSV) cannot
@@ -70,6 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="folder of per-nodule PNGs (default: 'nodules' beside the CSV)")
     rep.set_defaults(func=_cmd_report)
 
+    ph = sub.add_parser("phantom", help="write a synthetic cohort with known truth",
+                        description="Write synthetic chest-CT pairs (nodulegrowth.phantom) with a "
+                                    "manifest.csv and a truth.csv, e.g. to try a set-up or to "
+                                    "measure accuracy with nodulegrowth.evaluate.")
+    ph.add_argument("--out", required=True, help="output folder")
+    ph.add_argument("--pairs", type=_positive_int, default=2, help="number of patients (default 2)")
+    ph.add_argument("--seed", type=int, default=0, help="seed of the first pair (default 0)")
+    ph.add_argument("--preset", choices=("small", "full"), default="small",
+                    help="small: coarse, seconds per pair; full: 512x512, ~0.7 mm")
+    ph.add_argument("--format", choices=("nifti", "mha", "nrrd", "dicom"), default="nifti",
+                    dest="fmt", help="image format (default nifti)")
+    ph.set_defaults(func=_cmd_phantom)
+
     val = sub.add_parser("validate", help="check a manifest without running it")
     val.add_argument("manifest", help="cohort manifest CSV")
     val.set_defaults(func=_cmd_validate)
@@ -104,6 +119,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
     nodules = Path(args.nodules) if args.nodules else path.parent / "nodules"
     pdf = make_report(frame, args.out, nodule_dir=nodules)
     print(f"report written: {pdf}")
+    return EXIT_OK
+
+
+def _cmd_phantom(args: argparse.Namespace) -> int:
+    from .phantom import make_pair, write_cohort
+
+    pairs = [(make_pair(args.seed + k, args.preset), args.fmt) for k in range(args.pairs)]
+    manifest, truth = write_cohort(args.out, pairs)
+    print(f"wrote {len(pairs)} pairs: {manifest} and {truth}")
     return EXIT_OK
 
 

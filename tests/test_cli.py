@@ -17,7 +17,7 @@ def test_help_lists_the_commands(capsys):
         cli.main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for command in ("run", "report", "validate"):
+    for command in ("run", "report", "validate", "phantom"):
         assert command in out
 
 
@@ -82,3 +82,12 @@ def test_pipeline_script_is_the_same_code_path(tmp_path):
                              "--out", str(tmp_path / "o1")], capture_output=True, text=True, cwd=ROOT)
     assert script.returncode == module.returncode == cli.EXIT_BAD_INPUT
     assert script.stderr == module.stderr
+
+
+def test_phantom_writes_a_valid_cohort(tmp_path, capsys):
+    out = tmp_path / "cohort"
+    assert cli.main(["phantom", "--out", str(out), "--pairs", "1", "--seed", "5"]) == cli.EXIT_OK
+    assert cli.main(["validate", str(out / "manifest.csv")]) == cli.EXIT_OK
+    text = capsys.readouterr().out
+    assert "0 valid" not in text and "invalid" not in text
+    assert (out / "truth.csv").is_file()
