@@ -63,7 +63,6 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 from scipy.spatial import ConvexHull
-from scipy.spatial.distance import pdist
 from scipy.spatial.transform import Rotation
 
 from .errors import GeometryError, NoduleGrowthError
@@ -176,6 +175,11 @@ class ScanSpec:
         view are set to -1024 HU like the padding of real scanners.
     kvp, kernel, manufacturer, model : str or float
         Acquisition tags reported in the DICOM tags.
+
+    Examples
+    --------
+    >>> ScanSpec(size_xy=512, spacing_xy=0.7, slice_thickness=1.0).psf_fwhm
+    0.9
     """
 
     size_xy: int = 160
@@ -252,6 +256,14 @@ class NoduleSpec:
         HU of the (solid or ground-glass) nodule tissue.
     core_hu : float or None
         HU of the solid core of a part-solid nodule.
+
+    Examples
+    --------
+    >>> NoduleSpec(kind="part_solid", diameter_mm=12.0, volume_ratio=1.5).validate()
+    >>> NoduleSpec(diameter_mm=50.0).validate()
+    Traceback (most recent call last):
+    ...
+    nodulegrowth.phantom.PhantomSpecError: nodule: diameter_mm=50.0 outside [4, 30] mm
     """
 
     kind: str | None = None
@@ -1779,6 +1791,20 @@ class PhantomPair:
         -------
         SimpleITK.Image
             ``sitkFloat32`` occupancy on the reference grid.
+
+        Raises
+        ------
+        PhantomSpecError
+            Unknown ``nodule_id`` or ``time``.
+
+        Examples
+        --------
+        >>> pair = make_pair(2, nodules=[NoduleSpec(shape="sphere", location="isolated",
+        ...                  diameter_mm=12.0, volume_ratio=1.0)])
+        >>> occ = pair.nodule_occupancy(1, 1)
+        >>> v = float(sitk.GetArrayViewFromImage(occ).sum()) * np.prod(occ.GetSpacing())
+        >>> bool(abs(v / pair.truth.t1_volume_mm3.iloc[0] - 1) < 0.01)
+        True
         """
         if time not in (1, 2):
             raise PhantomSpecError(f"time={time!r} invalid; use 1 (T1) or 2 (T2)")

@@ -7,7 +7,6 @@ forward map, and HU values of the rendered images vs the tissue HU.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import importlib.util
 import math
