@@ -15,7 +15,8 @@ page lists every skipped section with the reason):
 2. ``size`` -- mean axial diameter at T1 and T2: overlaid histogram and
    boxplot, mean ± SD stated in the figure.
 3. ``size_by_diagnosis`` -- the same per diagnosis (only when there are two
-   or more diagnosis groups).
+   or more diagnosis groups; at most three a page, ``size_by_diagnosis_<k>``
+   when more).
 4. ``growth`` -- diameter change, volume change, ``|VDT|`` on a log scale
    (growing and shrinking separated), growth-category counts per criterion and
    diagnosis.
@@ -27,8 +28,13 @@ page lists every skipped section with the reason):
    ``propagation_error_mm`` is given).
 8. ``failures_<n>`` -- one table row per failed or flagged row, paginated
    (only when there is at least one).
-9. ``nodule_<patient>_<nodule>`` -- one page per nodule with its PNG, when
-   present, and its measurements.
+9. ``nodule_<patient>_<nodule>`` -- one page per nodule (every row, failed
+   ones included) with its PNG, when present, and its measurements. These
+   pages go to the PDF only, unless ``per_nodule_png=True``.
+
+Every page except the per-nodule ones is also written as
+``figures/<name>.png``, and every number printed on them is a row of
+``cohort_summary.csv`` (:func:`cohort_statistics`).
 
 Colours are fixed for the whole report: T1 is blue and T2 orange
 (:data:`TIME_POINT_COLOURS`), every diagnosis keeps one colour
@@ -69,7 +75,9 @@ __all__ = [
     "CATEGORY_COLOURS",
     "NOT_GIVEN",
     "load_measurements",
+    "diagnosis_groups",
     "diagnosis_colours",
+    "scan_table",
     "cohort_statistics",
     "bland_altman",
     "nodule_png_name",
@@ -220,6 +228,10 @@ def load_measurements(measurements: pd.DataFrame | str | os.PathLike) -> pd.Data
             df[col] = df[col].map(_text)
         else:
             df[col] = ""
+    for col in ("patient_id", "nodule_id"):
+        # an id column read as numbers (1.0 when some are empty) names files
+        # as the manifest did: "1", not "1.0"
+        df[col] = df[col].map(lambda x: x[:-2] if re.fullmatch(r"-?\d+\.0", x) else x)
     df["nodule_id"] = df["nodule_id"].where(df["nodule_id"] != "", "1")
     df["diagnosis"] = df["diagnosis"].where(df["diagnosis"] != "", NOT_GIVEN)
     status = df["status"].str.strip().str.lower()
@@ -245,6 +257,17 @@ def _flags(value: Any) -> list[str]:
 
 def diagnosis_groups(df: pd.DataFrame) -> list[str]:
     """Diagnosis labels of a loaded table, sorted, with :data:`NOT_GIVEN` last.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        A table from :func:`load_measurements` (column ``diagnosis``).
+
+    Returns
+    -------
+    list of str
+        Every label once; this order (and :func:`diagnosis_colours`) is used
+        in every figure and in ``cohort_summary.csv``.
 
     Examples
     --------
@@ -442,7 +465,9 @@ def cohort_statistics(df: pd.DataFrame, *, agreement_measure: str = "mean_diamet
         - ``growth_category``: ``count`` per ``detail = "<criterion>|<category>"``.
         - ``agreement``: :func:`bland_altman` at ``T1``, ``T2`` and ``change``
           (pipeline minus radiologist).
-        - ``propagation``: distribution of ``propagation_error_mm``.
+        - ``propagation``: ``n, mean, sd, median, q1, q3, min, max, p95`` of
+          ``propagation_error_mm`` (mm) per diagnosis, over every row with a
+          value.
         - ``qc``: ``count`` per flag name, and ``failed``.
 
     Notes
@@ -541,12 +566,15 @@ def cohort_statistics(df: pd.DataFrame, *, agreement_measure: str = "mean_diamet
             add("agreement", k, "all", "change", v, {"n": "nodules", "pearson_r": ""}.get(k, "mm"))
 
     if np.isfinite(df["propagation_error_mm"]).any():
-        d = _describe(df["propagation_error_mm"])
-        v = df["propagation_error_mm"].dropna().to_numpy(float)
-        d["p95"] = float(np.percentile(v, 95))
-        for k, val in d.items():
-            add("propagation", k, "all", "propagation_error_mm", val,
-                "nodules" if k == "n" else "mm")
+        for g in ["all", *groups]:
+            sub = df if g == "all" else df[df["diagnosis"] == g]
+            d = _describe(sub["propagation_error_mm"])
+            v = sub["propagation_error_mm"].dropna().to_numpy(float)
+            if v.size:
+                d["p95"] = float(np.percentile(v, 95))
+            for k, val in d.items():
+                add("propagation", k, g, "propagation_error_mm", val,
+                    "nodules" if k == "n" else "mm")
 
     add("qc", "count", "all", "failed", (df["status"] != "ok").sum(), "rows")
     counts: dict[str, int] = {}
@@ -1418,8 +1446,10 @@ def render_nodule_check(path: str | os.PathLike, *, t1_image, t1_mask, t2_image,
     ----------
     path : path-like
         Output PNG (written atomically at 150 dpi; parents created).
-    t1_image, t2_image : SimpleITK.Image
-        3-D float32 HU crops around the nodule (any spacing; LPS).
+    t1_image, t2_image : SimpleITK.Image or None
+        3-D float32 HU crops around the nodule (any spacing; LPS); ``None``
+        when there is no crop at that time point (e.g. the nodule was not
+        re-identified at T2), drawn as a note.
     t1_mask, t2_mask : SimpleITK.Image or None
         uint8 (0/1) masks with the size of their crop; ``None`` when there is
         no segmentation (e.g. it failed at T2).
@@ -1527,6 +1557,11 @@ def nodule_check_figure(*, t1_image, t1_mask, t2_image, t2_mask, t1_center_xyz, 
             ("T2", t2_image, t2_mask, t2_center_xyz,
              {"propagated": t2_propagated_xyz, "radiologist": t2_reference_xyz}))
     for tp, img, msk, _, _ in rows:
+        if img is None:
+            if msk is not None:
+                raise GeometryError(f"{tp} mask given without its image for "
+                                    f"{title or 'the nodule'}; pass both or neither")
+            continue
         if not hasattr(img, "GetDimension") or img.GetDimension() != 3:
             raise GeometryError(f"{tp} image for {title or 'the nodule'} is not a 3-D "
                                 f"SimpleITK image (got {type(img).__name__}); pass the crop "
@@ -1544,7 +1579,15 @@ def nodule_check_figure(*, t1_image, t1_mask, t2_image, t2_mask, t1_center_xyz, 
         fig.suptitle(title or "nodule check", fontsize=13, fontweight="bold", x=0.01, ha="left")
         gs = fig.add_gridspec(2, 3, width_ratios=[1, 1, 0.9])
         for r, (tp, img, msk, centre, extra) in enumerate(rows):
-            arr, cidx, sp = None, None, None
+            if img is None:
+                # e.g. the nodule was not re-identified at T2: say so in place
+                for c, view in enumerate(("axial", "coronal")):
+                    ax = fig.add_subplot(gs[r, c])
+                    ax.set_gid(f"{tp}_{view}")
+                    _note(ax, f"no {tp} image\n(nodule not found at {tp})")
+                    ax.set_title(f"{tp} {view}", fontsize=9.5, loc="left",
+                                 color=TIME_POINT_COLOURS[tp], fontweight="bold")
+                continue
             size = np.asarray(img.GetSize(), dtype=float)
             if centre is None or not np.all(np.isfinite(np.asarray(centre, float))):
                 centre_pt = img.TransformContinuousIndexToPhysicalPoint(
@@ -1571,8 +1614,8 @@ def nodule_check_figure(*, t1_image, t1_mask, t2_image, t2_mask, t1_center_xyz, 
                     ax.imshow(sl, cmap="gray", vmin=_LUNG_WINDOW[0], vmax=_LUNG_WINDOW[1],
                               extent=ext, origin="upper", interpolation="nearest")
                     if marr is not None and marr[kk].any():
-                        ax.contour(u, v, marr[kk].astype(float), levels=[0.5],
-                                   colors=TIME_POINT_COLOURS[tp], linewidths=1.8)
+                        _voxel_contour(ax, marr[kk], u, v, sp[0], sp[1],
+                                       TIME_POINT_COLOURS[tp])
                     ax.set_xlabel("x (mm from centre; patient's right ← → left)", fontsize=8)
                     ax.set_ylabel("y (mm; anterior ↑)", fontsize=8)
                     off_axis, plane_pos, half = 2, kk, sp[2] / 2
@@ -1582,8 +1625,8 @@ def nodule_check_figure(*, t1_image, t1_mask, t2_image, t2_mask, t1_center_xyz, 
                     ax.imshow(sl, cmap="gray", vmin=_LUNG_WINDOW[0], vmax=_LUNG_WINDOW[1],
                               extent=ext, origin="lower", interpolation="nearest")
                     if marr is not None and marr[:, jj, :].any():
-                        ax.contour(u, w, marr[:, jj, :].astype(float), levels=[0.5],
-                                   colors=TIME_POINT_COLOURS[tp], linewidths=1.8)
+                        _voxel_contour(ax, marr[:, jj, :], u, w, sp[0], sp[2],
+                                       TIME_POINT_COLOURS[tp])
                     ax.set_xlabel("x (mm from centre)", fontsize=8)
                     ax.set_ylabel("z (mm; superior ↑)", fontsize=8)
                     off_axis, plane_pos, half = 1, jj, sp[1] / 2
@@ -1626,6 +1669,22 @@ def nodule_check_figure(*, t1_image, t1_mask, t2_image, t2_mask, t1_center_xyz, 
                         title_fontsize=8)
         leg.get_title().set_color("white")
     return fig
+
+
+def _voxel_contour(ax, mask2d: np.ndarray, cols_mm: np.ndarray, rows_mm: np.ndarray,
+                   col_step: float, row_step: float, colour: str, factor: int = 4) -> None:
+    """Outline of a 2-D mask along its voxel edges.
+
+    A contour at level 0.5 through voxel centres would cut every boundary
+    voxel in half and make the segmentation look half a voxel too small, so
+    the mask is first repeated ``factor`` times per axis (nearest neighbour):
+    the outline then lies within ``step / (2 factor)`` of the voxel edges.
+    """
+    big = np.kron(mask2d.astype(np.float32), np.ones((factor, factor), np.float32))
+    sub = (np.arange(factor) + 0.5) / factor - 0.5
+    xs = (cols_mm[:, None] + sub[None, :] * col_step).ravel()
+    ys = (rows_mm[:, None] + sub[None, :] * row_step).ravel()
+    ax.contour(xs, ys, big, levels=[0.5], colors=colour, linewidths=1.8)
 
 
 def _mask_array(mask) -> np.ndarray:

@@ -149,6 +149,15 @@ def test_load_measurements_normalises_types(tmp_path):
     assert out["nodule_type"].eq("").all() and out["growth_nelson"].eq("").all()
 
 
+def test_load_measurements_ids_read_as_numbers():
+    # pandas reads a nodule_id column with an empty cell as floats (1.0);
+    # file names must still be "<patient>_1.png"
+    out = load_measurements(pd.DataFrame({"patient_id": ["007", "P2"],
+                                          "nodule_id": [1.0, np.nan]}))
+    assert list(out["patient_id"]) == ["007", "P2"]
+    assert list(out["nodule_id"]) == ["1", "1"]
+
+
 def test_load_measurements_infers_status_from_error():
     out = load_measurements(pd.DataFrame({"patient_id": ["a", "b"], "error": ["", "boom"]}))
     assert list(out["status"]) == ["ok", "failed"]
@@ -495,6 +504,23 @@ def test_nodule_check_geometry(spacing):
             assert np.all(r < radius + tol) and np.all(r > radius - 2 * tol)
     finally:
         plt.close(fig)
+
+
+def test_nodule_check_without_t2_image():
+    """A nodule not found at T2 has no T2 crop: the T2 views carry a note."""
+    img, msk = sphere_crop(3.0, (0.8, 0.8, 2.0), (21, 21, 7))
+    fig = nodule_check_figure(t1_image=img, t1_mask=msk, t2_image=None, t2_mask=None,
+                              t1_center_xyz=(0, 0, 0), t2_center_xyz=None,
+                              t2_propagated_xyz=(1.0, 1.0, 1.0))
+    try:
+        axes = {a.get_gid(): a for a in fig.axes if a.get_gid()}
+        assert not axes["T2_axial"].get_images() and axes["T1_axial"].get_images()
+        assert any("no T2 image" in t.get_text() for t in axes["T2_axial"].texts)
+    finally:
+        plt.close(fig)
+    with pytest.raises(GeometryError, match="T2 mask given without its image"):
+        nodule_check_figure(t1_image=img, t1_mask=msk, t2_image=None, t2_mask=msk,
+                            t1_center_xyz=(0, 0, 0), t2_center_xyz=None)
 
 
 def test_check_text_handles_missing_values():
