@@ -535,15 +535,17 @@ class _Anatomy:
         from ~5 mm at the hila to ~1 mm, lengths by ~0.8.
         """
         roots = {
-            "right": [(-0.3, 0.05, 1.0), (-1.0, -0.5, -0.2), (-0.4, 0.3, -1.0), (-0.8, 0.6, -0.6)],
-            "left": [(0.3, 0.05, 1.0), (1.0, -0.4, -0.1), (0.4, 0.3, -1.0), (0.8, 0.6, -0.6)],
+            "right": [(-0.3, 0.05, 1.0), (-0.9, 0.1, 0.6), (-1.0, -0.5, -0.2), (-0.5, -0.8, -0.5),
+                      (-0.4, 0.3, -1.0), (-0.8, 0.6, -0.6)],
+            "left": [(0.3, 0.05, 1.0), (0.9, 0.1, 0.6), (1.0, -0.4, -0.1), (0.5, -0.7, -0.6),
+                     (0.4, 0.3, -1.0), (0.8, 0.6, -0.6)],
         }
         for side, dirs in roots.items():
             h = self.hilum[side]
             for d in dirs:
                 d = np.asarray(d, float) + rng.normal(0, 0.1, 3)
                 self._branch(rng, h, d / np.linalg.norm(d), r=rng.uniform(4.2, 5.2),
-                             length=rng.uniform(28.0, 36.0), gen=0, hilum=h)
+                             length=rng.uniform(24.0, 32.0), gen=0, hilum=h)
 
     def _inside_lung(self, pts: np.ndarray, margin: float) -> bool:
         return bool(np.all(self.lung_sd(pts[:, 0], pts[:, 1], pts[:, 2]) < -margin))
@@ -560,8 +562,8 @@ class _Anatomy:
         else:
             return
         self.vessels.append(_Vessel(p0.copy(), p1.copy(), float(r), gen))
-        r_child = r * rng.uniform(0.72, 0.84)
-        if r_child < 0.8 or gen >= 9:
+        r_child = r * rng.uniform(0.76, 0.86)
+        if r_child < 0.85 or gen >= 10:
             return
         # two children in a random plane containing d, diverging from it
         e = rng.normal(size=3)
@@ -573,7 +575,7 @@ class _Anatomy:
             a = math.radians(ang)
             dc = math.cos(a) * d + sign * math.sin(a) * e + 0.25 * out
             dc /= np.linalg.norm(dc)
-            self._branch(rng, p1, dc, r_child, length * rng.uniform(0.7, 0.85), gen + 1, hilum)
+            self._branch(rng, p1, dc, r_child, length * rng.uniform(0.72, 0.86), gen + 1, hilum)
 
     # -- rendering -------------------------------------------------------------
     def render_slab(self, x: np.ndarray, y: np.ndarray, z: np.ndarray, h: float,
@@ -685,7 +687,7 @@ class _Anatomy:
         bg = box(25, 85, self.cyc - 45, self.cyc + 5, zg - 16, zg + 16)
         if bg is not None:
             sl2, X2, Y2, Z2 = bg
-            gas = _ellipsoid_sd(X2 - 55.0, Y2 - self.cyc + 20.0, Z2 - zg, 28.0, 22.0, 14.0)
+            gas = _ellipsoid_sd(X2 - 55.0, Y2 - self.cyc + 20.0, Z2 - zg, 20.0, 16.0, 10.0)
             _blend(v[sl2], HU_AIR, _occ(np.maximum(gas, -self.diaphragm_sd(X2, Y2, Z2) - 6.0), h))
         # ----- heart, great vessels, oesophagus
         hc, hr = self.heart_c, tuple(r - 4.0 for r in self.heart_r)
@@ -1270,12 +1272,17 @@ def _truth_at(nod: _Nodule, time: int, geometry: PairGeometry, anatomy: _Anatomy
 
 
 def _vessel_clearance(anat: _Anatomy, p_rel: np.ndarray) -> float:
-    """Smallest distance (mm) from a relative point to any vessel surface."""
-    best = np.inf
-    for v in anat.vessels:
-        d, _ = _segment_distance(p_rel[0], p_rel[1], p_rel[2], v.p0, v.p1)
-        best = min(best, float(d) - v.r)
-    return best
+    """Smallest distance (mm) from a relative point to any vessel surface (vectorised)."""
+    if not anat.vessels:
+        return float("inf")
+    if getattr(anat, "_vessel_arrays", None) is None:
+        anat._vessel_arrays = (np.array([v.p0 for v in anat.vessels]), np.array([v.p1 for v in anat.vessels]),
+                               np.array([v.r for v in anat.vessels]))
+    p0, p1, r = anat._vessel_arrays
+    d = p1 - p0
+    t = np.clip(np.einsum("ij,ij->i", np.asarray(p_rel) - p0, d) / np.einsum("ij,ij->i", d, d), 0.0, 1.0)
+    dist = np.linalg.norm(np.asarray(p_rel) - (p0 + t[:, None] * d), axis=1) - r
+    return float(dist.min())
 
 
 def _sphere_points(n: int = 60) -> np.ndarray:
