@@ -21,7 +21,7 @@ surrounding lung. Every threshold is derived from the image itself:
    correction, which puts a juxtapleural nodule inside the lung but leaves the
    flat chest wall outside).
 6. **Vessels**: at a ground-glass threshold, solid-density structures that
-   reach beyond twice the nodule's inscribed radius (+2 mm) from the seed are
+   reach beyond twice the nodule's largest inscribed radius (+2 mm) from the seed are
    vessels and are excluded first; then a morphological opening with a ball
    of 0.45 times the nodule's inscribed radius (the distance from the seed to
    the nearest background voxel) removes attached structures thinner than
@@ -193,9 +193,17 @@ def _opening(mask: np.ndarray, r_mm: float, sp) -> np.ndarray:
 
 
 def _closing(mask: np.ndarray, r_mm: float, sp) -> np.ndarray:
-    """Morphological closing by a ball of radius ``r_mm`` via distance transforms."""
-    dil = _distance_to(mask, sp) <= r_mm
-    return ndimage.distance_transform_edt(dil, sampling=sp) > r_mm
+    """Morphological closing by a ball of radius ``r_mm`` via distance transforms.
+
+    The mask is first extended beyond the VOI by replicating its border (the
+    chest wall and the lung continue outside the crop); without it, a ball
+    larger than the wall's thickness inside the VOI would close over the wall.
+    """
+    pad = [(int(math.ceil(r_mm / s)) + 1,) * 2 for s in sp]
+    m = np.pad(mask, pad, mode="edge")
+    dil = _distance_to(m, sp) <= r_mm
+    out = ndimage.distance_transform_edt(dil, sampling=sp) > r_mm
+    return out[tuple(slice(p[0], p[0] + n) for p, n in zip(pad, mask.shape))]
 
 
 def _component_at(mask: np.ndarray, seed, conn=_CONN6) -> np.ndarray:
@@ -355,12 +363,14 @@ def segment_nodule(volume_hu, spacing_zyx, seed_zyx, *, lung_mask=None, nodule_t
         r_in = max(r_in, inplane)
         # chest wall: outside the lung (mask and/or the closed air-like region)
         air = ~dense
-        lung_closed = _closing(air, 1.5 * r_in + 2.0, sp)
+        lung_closed = _closing(air, 2.5 * r_in + 3.0, sp)
         inside = lung_closed if lung is None else (lung_closed | lung)
         wall = ~inside
         cand = dense & ~wall
         if t < solid_level:
-            cand &= ~_far_reaching_solid(sm, solid_level, seed, sp, 2.0 * r_in + 2.0)
+            # the nodule's largest inscribed ball (the seed may be off-centre)
+            r_nod = max(r_in, float(ndimage.distance_transform_edt(_pad_box(comp0, seed, sp), sampling=sp).max()))
+            cand &= ~_far_reaching_solid(sm, solid_level, seed, sp, 2.0 * r_nod + 2.0)
             if not cand[seed]:
                 cand = dense & ~wall
         comp = _component_at(cand, seed)
@@ -546,7 +556,8 @@ def _rim_level(sm, mask, dense, wall, sp, inplane):
 
     Distances are measured in-plane only (the z spacing is inflated) so that
     the partial-volume caps of thick slices above and below the nodule do not
-    enter the ring; dense structures (vessels) and the wall are left out. The
+    enter the ring; dense structures (vessels) and the wall are left out with
+    a margin of max(1.5 mm, 1.5 voxels) for their blurred edges. The
     upper quartile rather than the median detects a ground-glass rim that
     covers only part of the ring (an eccentric solid core, a thin rim).
     """
@@ -555,7 +566,10 @@ def _rim_level(sm, mask, dense, wall, sp, inplane):
     sub = (slice(zs[0], zs[-1] + 1),)
     d = _distance_to(mask[sub], sp_inplane)
     d1 = max(1.0, inplane)
-    ring = (d > d1) & (d <= d1 + 1.5) & ~wall[sub] & ~dense[sub]
+    ring = (d > d1) & (d <= d1 + 1.5)
+    # stay clear of the blurred edges of the wall and of vessels as well
+    others = (wall[sub] | dense[sub]) & ~mask[sub]
+    ring &= _distance_to(others, sp_inplane) > max(1.5, 1.5 * inplane)
     if ring.sum() < 20:
         return None
     return float(np.percentile(sm[sub][ring], 75))
