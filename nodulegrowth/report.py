@@ -160,7 +160,8 @@ def _atomic_path(final: Path):
 
 def _save_png(fig, path: Path, dpi: int = _DPI) -> None:
     with _atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi)
+        # fast zlib level: the default level costs more CPU than it saves bytes
+        fig.savefig(tmp, format="png", dpi=dpi, pil_kwargs={"compress_level": 1})
 
 
 # --------------------------------------------------------------------------
@@ -1208,7 +1209,7 @@ def _page_nodule(r, png: Path | None, colours):
     import matplotlib.image as mpimg
     fig = _new_page(f"Nodule {r['patient_id']} / {r['nodule_id']}",
                     f"diagnosis: {r['diagnosis']}; status: {r['status']}")
-    gs = fig.add_gridspec(1, 2, width_ratios=[2.7, 1])
+    gs = fig.add_gridspec(1, 2, width_ratios=[3.1, 1])
     ax = fig.add_subplot(gs[0])
     if png is not None:
         try:
@@ -1226,10 +1227,10 @@ def _page_nodule(r, png: Path | None, colours):
     tx = fig.add_subplot(gs[1])
     tx.set_axis_off()
     both, single = _nodule_table(r)
-    y = _draw_table(tx, ["", "T1", "T2"], both, [0.44, 0.28, 0.28], [20, 12, 12],
-                    line_h=0.032, fontsize=8)
-    _draw_table(tx, ["", ""], single, [0.44, 0.56], [20, 24], top=y - 0.03,
-                line_h=0.032, fontsize=8)
+    y = _draw_table(tx, ["", "T1", "T2"], both, [0.46, 0.27, 0.27], [19, 11, 11],
+                    line_h=0.03, fontsize=7.5)
+    _draw_table(tx, ["", ""], single, [0.46, 0.54], [19, 21], top=y - 0.03,
+                line_h=0.03, fontsize=7.5)
     return fig
 
 
@@ -1616,8 +1617,8 @@ def nodule_check_figure(*, t1_image, t1_mask, t2_image, t2_mask, t1_center_xyz, 
                     if marr is not None and marr[kk].any():
                         _voxel_contour(ax, marr[kk], u, v, sp[0], sp[1],
                                        TIME_POINT_COLOURS[tp])
-                    ax.set_xlabel("x (mm from centre; patient's right ← → left)", fontsize=8)
-                    ax.set_ylabel("y (mm; anterior ↑)", fontsize=8)
+                    ax.set_xlabel("x (mm from centre; patient's right ← → left)", fontsize=9)
+                    ax.set_ylabel("y (mm; anterior ↑)", fontsize=9)
                     off_axis, plane_pos, half = 2, kk, sp[2] / 2
                 else:
                     sl = arr[:, jj, :]
@@ -1627,8 +1628,8 @@ def nodule_check_figure(*, t1_image, t1_mask, t2_image, t2_mask, t1_center_xyz, 
                     if marr is not None and marr[:, jj, :].any():
                         _voxel_contour(ax, marr[:, jj, :], u, w, sp[0], sp[2],
                                        TIME_POINT_COLOURS[tp])
-                    ax.set_xlabel("x (mm from centre)", fontsize=8)
-                    ax.set_ylabel("z (mm; superior ↑)", fontsize=8)
+                    ax.set_xlabel("x (mm from centre)", fontsize=9)
+                    ax.set_ylabel("z (mm; superior ↑)", fontsize=9)
                     off_axis, plane_pos, half = 1, jj, sp[1] / 2
                 for name, p in pts.items():
                     pi = np.asarray(img.TransformPhysicalPointToContinuousIndex(
@@ -1645,17 +1646,17 @@ def nodule_check_figure(*, t1_image, t1_mask, t2_image, t2_mask, t1_center_xyz, 
                                alpha=0.45 if dist > half else 1.0, zorder=5, **style)
                 ax.set_aspect("equal")
                 ax.set_gid(f"{tp}_{view}")
-                ax.tick_params(labelsize=7)
+                ax.tick_params(labelsize=8)
                 label = f"{tp} {view}"
                 if msk is None:
                     label += " (no segmentation)"
                 if missing_centre:
                     label += " (no centre: crop middle)"
-                ax.set_title(label, fontsize=9.5, loc="left", color=TIME_POINT_COLOURS[tp],
+                ax.set_title(label, fontsize=11, loc="left", color=TIME_POINT_COLOURS[tp],
                              fontweight="bold")
         tx = fig.add_subplot(gs[:, 2])
         tx.set_axis_off()
-        tx.text(0, 1, _check_text(info), va="top", ha="left", fontsize=8.5,
+        tx.text(0, 1, _check_text(info), va="top", ha="left", fontsize=10,
                 family="DejaVu Sans Mono", transform=tx.transAxes, linespacing=1.35)
         handles = [Line2D([], [], ls="none", marker=m, color=c, markerfacecolor="none" if m == "o"
                           else c, markersize=8, label=lab)
@@ -1664,9 +1665,9 @@ def nodule_check_figure(*, t1_image, t1_mask, t2_image, t2_mask, t1_center_xyz, 
                                               "radiologist's T2 centre"))]
         handles += [Line2D([], [], color=TIME_POINT_COLOURS[t], label=f"{t} contour")
                     for t in ("T1", "T2")]
-        leg = tx.legend(handles=handles, loc="lower left", fontsize=8, frameon=True,
+        leg = tx.legend(handles=handles, loc="lower left", fontsize=9, frameon=True,
                         facecolor="#555555", labelcolor="white", title="window W1500/L−600 HU",
-                        title_fontsize=8)
+                        title_fontsize=9)
         leg.get_title().set_color("white")
     return fig
 
