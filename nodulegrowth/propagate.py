@@ -67,6 +67,17 @@ _SIGMA_LOGVOL = math.log(3.0)
 #: Standard deviation (HU) of the density term.
 _SIGMA_HU = 150.0
 
+#: Thresholds as fractions of the local parenchyma -> soft-tissue contrast:
+#: 0.5 is the 50 % partial-volume level of a solid nodule; 0.15 and 0.3 are
+#: the 50 % levels of ground-glass opacities of 30 % and 60 % contrast
+#: (about -600 and -350 HU in a -850 HU lung).
+_CONTRAST_FRACTIONS = (0.15, 0.3, 0.5)
+
+#: Opening radii as fractions of the T1 equivalent radius (clipped to
+#: 1-5 mm): 0.4 keeps small lobulations, 0.8 detaches vessels almost as
+#: thick as the nodule.
+_OPENING_FRACTIONS = (0.4, 0.6, 0.8)
+
 #: A second candidate scoring at least this fraction of the best makes the
 #: match ambiguous.
 _AMBIGUITY_RATIO = 0.5
@@ -123,6 +134,8 @@ class Candidate:
         Distance of the centroid to the propagated point.
     score : float
         Product of the distance, size and density terms, in (0, 1].
+    threshold_hu : float
+        HU threshold the blob was formed at.
     """
 
     center_xyz: np.ndarray
@@ -131,6 +144,7 @@ class Candidate:
     mean_hu: float
     distance_mm: float
     score: float
+    threshold_hu: float = float("nan")
 
 
 @dataclass(frozen=True)
@@ -169,7 +183,10 @@ class Reidentification:
 
 
 def _as_point(p, name: str) -> np.ndarray:
-    arr = np.asarray(p, dtype=float).reshape(-1)
+    try:
+        arr = np.asarray(p, dtype=float).reshape(-1)
+    except (TypeError, ValueError):
+        raise GeometryError(f"{name} must be 3 finite LPS mm values (x, y, z), got {p!r}") from None
     if arr.shape != (3,) or not np.all(np.isfinite(arr)):
         raise GeometryError(f"{name} must be 3 finite LPS mm values (x, y, z), got {p!r}")
     return arr
@@ -360,14 +377,20 @@ def reidentify(moving: sitk.Image, propagated_xyz, *, reference=None,
     1. VOI of half-size ``search_radius_mm + 2 r_1 + 5`` mm around the
        propagated point :math:`\\mathbf{q}`, with
        :math:`r_1 = (3 V_1 / 4\\pi)^{1/3}` the T1 equivalent radius;
-    2. threshold half-way between the local lung parenchyma
+    2. thresholds :math:`t_f = \\tilde h_{lung} + f(\\tilde h_{tissue} - \\tilde h_{lung})`,
+       :math:`f \\in \\{0.15, 0.3, 0.5\\}` (the 50 % partial-volume levels of
+       ground-glass, denser ground-glass and solid nodules [1]_), with the
+       parenchyma and soft-tissue levels the medians of the VOI voxels below
+       and above its Otsu threshold; plus, when the T1 density is given, the
+       level half-way between the local lung parenchyma
        :math:`\\tilde h_{lung}` (median of the VOI voxels below the VOI's Otsu
        threshold) and the T1 nodule's density :math:`h_1`,
        :math:`t = (\\tilde h_{lung} + h_1)/2`, the 50 % partial-volume boundary
        (Otsu's threshold when :math:`h_1` is unknown);
     3. voxels above ``t`` inside the lung (the given lung mask, else the VOI's
-       dark region closed by a rolling ball), opened by a ball of radius
-       :math:`\\rho = \\mathrm{clip}(0.4\\,r_1, 1, 3)` mm to detach vessels [2]_;
+       dark region closed by a rolling ball), opened by balls of radius
+       :math:`\\rho = \\mathrm{clip}(f\\,r_1, 1, 5)` mm, :math:`f \\in \\{0.4, 0.6, 0.8\\}`,
+       to detach vessels [2]_ (a blob found at several radii counts once);
     4. each connected blob :math:`c` whose centroid is within
        ``search_radius_mm`` of :math:`\\mathbf{q}` is scored
 
@@ -450,32 +473,26 @@ def reidentify(moving: sitk.Image, propagated_xyz, *, reference=None,
     otsu = float(threshold_otsu(clipped)) if clipped.min() < clipped.max() else float(clipped.min())
     dark_vals = clipped[clipped < otsu]
     h_lung = float(np.median(dark_vals)) if dark_vals.size else -850.0
-    h_nod = float(reference_hu) if reference_hu is not None and np.isfinite(reference_hu) else None
-    if h_nod is None:
-        # no T1 density: take the nodule's from T2 at the propagated point,
-        # which after registration is inside the nodule unless it vanished
-        c_idx = np.array(roi.TransformPhysicalPointToContinuousIndex([float(v) for v in q]))[::-1]
-        zz, yy, xx = np.indices(vol.shape)
-        rr = max(0.5 * r1, 2.0)
-        ball = ((zz - c_idx[0]) * spacing[0]) ** 2 + ((yy - c_idx[1]) * spacing[1]) ** 2 \
-            + ((xx - c_idx[2]) * spacing[2]) ** 2 <= rr * rr
-        if ball.any():
-            h_nod = float(np.percentile(vol[ball], 75))
-    if h_nod is not None and h_nod > h_lung + 100.0:
-        thr = 0.5 * (h_lung + min(h_nod, 100.0))
-    else:
-        thr = otsu
-    fg = vol > thr
+    bright = clipped[clipped >= otsu]
+    h_tissue = float(np.clip(np.median(bright), -100.0, 100.0)) if bright.size else 40.0
+    # robust noise of the parenchyma (MAD): a threshold closer than 4 sigma
+    # to the parenchyma would make candidates out of noise
+    sd = 1.4826 * float(np.median(np.abs(dark_vals - h_lung))) if dark_vals.size else 20.0
+    # the nodule's density is not known in general (the pipeline passes a
+    # T1 measurement of size only): solid, part-solid and ground-glass
+    # nodules are caught at their 50 % partial-volume level by thresholds at
+    # several fractions of the parenchyma -> soft-tissue contrast [1]_, plus
+    # the half-way level to the T1 density when it is given
+    levels = [h_lung + f * (h_tissue - h_lung) for f in _CONTRAST_FRACTIONS]
+    if reference_hu is not None and np.isfinite(reference_hu) and reference_hu > h_lung + 4 * sd:
+        levels.append(0.5 * (h_lung + min(float(reference_hu), h_tissue)))
+    levels = sorted(t for t in levels if t > h_lung + 4.0 * sd) or [otsu]
 
     if lung_mask is not None:
         lm = sitk.GetArrayFromImage(sitk.RegionOfInterest(
             lung_mask, roi.GetSize(), [int(v) for v in lo])) > 0
     else:
-        lm = _local_lung(~fg, spacing, max(1.5 * r1, 6.0))
-    fg &= lm
-    rho = float(np.clip(0.4 * r1, 1.0, 3.0))
-    opened = _ball_opening(fg, spacing, rho)
-    lab, n = ndi.label(opened)
+        lm = _local_lung(vol <= otsu, spacing, max(1.5 * r1, 6.0))
 
     origin_idx = lo.astype(float)
 
@@ -483,34 +500,49 @@ def reidentify(moving: sitk.Image, propagated_xyz, *, reference=None,
         ijk = origin_idx + np.asarray(zyx, float)[::-1]
         return np.array(moving.TransformContinuousIndexToPhysicalPoint([float(v) for v in ijk]))
 
-    cands = []
-    if n:
+    # several opening radii: a vessel thicker than the smallest one stays
+    # attached to the nodule (and drags the blob's centroid away); a larger
+    # ball detaches it while the nodule, thicker still, survives
+    rhos = sorted({round(float(np.clip(f * r1, 1.0, 5.0)), 2) for f in _OPENING_FRACTIONS})
+    raw = []
+    for thr, rho in ((t, r) for t in levels for r in rhos):
+        fg = (vol > thr) & lm
+        opened = _ball_opening(fg, spacing, rho)
+        lab, n = ndi.label(opened)
+        if not n:
+            continue
         dt = ndi.distance_transform_edt(opened, sampling=spacing)
-        objs = ndi.find_objects(lab)
-        for i, sl in enumerate(objs, start=1):
+        for i, sl in enumerate(ndi.find_objects(lab), start=1):
+            if sl is None:
+                continue
             comp = lab[sl] == i
-            idx = np.argwhere(comp)
-            c_zyx = idx.mean(axis=0) + [s.start for s in sl]
+            c_zyx = np.argwhere(comp).mean(axis=0) + [x.start for x in sl]
             c = to_world(c_zyx)
             dist = float(np.linalg.norm(c - q))
             if dist > search_radius_mm:
                 continue
             vol_mm3 = float(comp.sum() * np.prod(spacing))
             mean_hu = float(vol[sl][comp].mean())
-            s = math.exp(-dist ** 2 / (2 * _SIGMA_DIST_MM ** 2))
+            sc = math.exp(-dist ** 2 / (2 * _SIGMA_DIST_MM ** 2))
             if v1:
-                s *= math.exp(-math.log(vol_mm3 / v1) ** 2 / (2 * _SIGMA_LOGVOL ** 2))
+                sc *= math.exp(-math.log(vol_mm3 / v1) ** 2 / (2 * _SIGMA_LOGVOL ** 2))
             if reference_hu is not None and np.isfinite(reference_hu):
-                s *= math.exp(-(mean_hu - float(reference_hu)) ** 2 / (2 * _SIGMA_HU ** 2))
+                sc *= math.exp(-(mean_hu - float(reference_hu)) ** 2 / (2 * _SIGMA_HU ** 2))
             dsub = np.where(comp, dt[sl], -1.0)
             seed_zyx = np.array(np.unravel_index(int(np.argmax(dsub)), comp.shape)) + [x.start for x in sl]
-            cands.append((s, i, Candidate(c, to_world(seed_zyx), vol_mm3, mean_hu, dist, s), seed_zyx, c_zyx))
-    cands.sort(key=lambda t: -t[0])
-    allc = tuple(t[2] for t in cands)
+            raw.append((sc, Candidate(c, to_world(seed_zyx), vol_mm3, mean_hu, dist, sc, thr), seed_zyx))
+    # the same blob found at several radii counts once (its best score):
+    # candidates whose seeds lie within the better one are duplicates
+    raw.sort(key=lambda t: -t[0])
+    cands = []
+    for t in raw:
+        if all(np.linalg.norm(t[1].center_xyz - u[1].center_xyz) > max(0.5 * r1, 2.0) for u in cands):
+            cands.append(t)
+    allc = tuple(t[1] for t in cands)
     if not cands or cands[0][0] < _MIN_SCORE:
         return Reidentification(False, None, None, float(cands[0][0]) if cands else 0.0, allc,
-                                ("reidentification_failed",), thr)
-    best_s, best_i, best, seed_zyx, c_zyx = cands[0]
+                                ("reidentification_failed",), float(levels[-1]))
+    best_s, best, seed_zyx = cands[0]
     flags = []
     if len(cands) > 1 and cands[1][0] >= _AMBIGUITY_RATIO * best_s:
         flags.append("reidentification_ambiguous")
@@ -521,4 +553,5 @@ def reidentify(moving: sitk.Image, propagated_xyz, *, reference=None,
             center = seg_c
     if np.linalg.norm(center - q) > LARGE_RESIDUAL_MM:
         flags.append("reidentification_far")
-    return Reidentification(True, best.seed_xyz, center, float(best_s), allc, tuple(flags), thr)
+    return Reidentification(True, best.seed_xyz, center, float(best_s), allc, tuple(flags),
+                            best.threshold_hu)
