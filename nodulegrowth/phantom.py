@@ -1296,7 +1296,8 @@ def _sphere_points(n: int = 60) -> np.ndarray:
 def _place(nod: _Nodule, anat: _Anatomy, rng: np.random.Generator, placed: list[_Nodule]) -> None:
     """Choose the T1 centre (body frame) of a nodule according to its location.
 
-    * ``isolated``: inside the lung, at least ~1.5 mm from every vessel;
+    * ``isolated``: inside the lung, at least 1.5 mm from every vessel at the
+      larger time point (else the clearest spot found, if it touches none);
     * ``juxtavascular``: abutting a vessel of radius 1-3.5 mm (0.5 mm overlap
       at the smaller of the two time points, so it touches at both);
     * ``juxtapleural``: centre at 0.75 of its extent (smaller time point) from
@@ -1370,7 +1371,8 @@ def _place(nod: _Nodule, anat: _Anatomy, rng: np.random.Generator, placed: list[
                 return
             if clear > best_score:
                 best, best_score = p, clear
-    if best is not None and nod.location == "isolated":
+    if best is not None and nod.location == "isolated" and best_score > 0.0:
+        # no spot with 1.5 mm clearance: take the clearest one, still not touching
         nod.center1 = best + anat.center
         return
     raise PhantomSpecError(
