@@ -1,7 +1,7 @@
 """Carry a T1 nodule into T2: point propagation and re-identification.
 
 :func:`propagate_point` maps the T1 nodule centre into T2 with the global
-registration, refined by a local rigid registration around the nodule
+registration, refined by a local affine registration around the nodule
 (:meth:`nodulegrowth.register.Registration.refine`). The mapped point is where
 the *tissue* of T1 went; a nodule that grew, shrank or sits where breathing
 deformed the lung need not be centred there. :func:`reidentify` therefore
@@ -213,7 +213,7 @@ def propagate_point(registration, fixed: sitk.Image, moving: sitk.Image, point_x
     point_xyz : array_like, shape (3,)
         T1 point, LPS mm (e.g. the centroid of the T1 segmentation).
     refine : bool, default True
-        Run the local rigid refinement on a VOI around the point.
+        Run the local affine refinement on a VOI around the point.
 
     Returns
     -------
@@ -504,6 +504,7 @@ def reidentify(moving: sitk.Image, propagated_xyz, *, reference=None,
     # attached to the nodule (and drags the blob's centroid away); a larger
     # ball detaches it while the nodule, thicker still, survives
     rhos = sorted({round(float(np.clip(f * r1, 1.0, 5.0)), 2) for f in _OPENING_FRACTIONS})
+    q_idx = np.array(roi.TransformPhysicalPointToContinuousIndex([float(v) for v in q]))[::-1]
     raw = []
     for thr, rho in ((t, r) for t in levels for r in rhos):
         fg = (vol > thr) & lm
@@ -516,20 +517,33 @@ def reidentify(moving: sitk.Image, propagated_xyz, *, reference=None,
             if sl is None:
                 continue
             comp = lab[sl] == i
-            c_zyx = np.argwhere(comp).mean(axis=0) + [x.start for x in sl]
+            off = np.array([x.start for x in sl])
+            idx = np.argwhere(comp)
+            pts = (idx + off - q_idx) * spacing
+            d_q = np.sqrt((pts ** 2).sum(axis=1))
+            if d_q.min() > search_radius_mm:
+                continue
+            # seed: the thickest point of the blob, discounted by its
+            # distance to q, so a nodule near q wins over a thicker vessel
+            # or wall further away in the same blob
+            d_in = dt[sl][comp]
+            k = int(np.argmax(d_in - 0.25 * d_q))
+            seed_zyx = idx[k] + off
+            # the candidate is the part of the blob around the seed: the whole
+            # blob for an isolated nodule, the nodule without the far part of
+            # an attached vessel otherwise
+            reach = 1.5 * max(r1, float(d_in[k]))
+            near = np.sqrt((((idx - idx[k]) * spacing) ** 2).sum(axis=1)) <= reach
+            c_zyx = idx[near].mean(axis=0) + off
             c = to_world(c_zyx)
             dist = float(np.linalg.norm(c - q))
-            if dist > search_radius_mm:
-                continue
-            vol_mm3 = float(comp.sum() * np.prod(spacing))
-            mean_hu = float(vol[sl][comp].mean())
+            vol_mm3 = float(near.sum() * np.prod(spacing))
+            mean_hu = float(vol[sl][comp][near].mean())
             sc = math.exp(-dist ** 2 / (2 * _SIGMA_DIST_MM ** 2))
             if v1:
                 sc *= math.exp(-math.log(vol_mm3 / v1) ** 2 / (2 * _SIGMA_LOGVOL ** 2))
             if reference_hu is not None and np.isfinite(reference_hu):
                 sc *= math.exp(-(mean_hu - float(reference_hu)) ** 2 / (2 * _SIGMA_HU ** 2))
-            dsub = np.where(comp, dt[sl], -1.0)
-            seed_zyx = np.array(np.unravel_index(int(np.argmax(dsub)), comp.shape)) + [x.start for x in sl]
             raw.append((sc, Candidate(c, to_world(seed_zyx), vol_mm3, mean_hu, dist, sc, thr), seed_zyx))
     # the same blob found at several radii counts once (its best score):
     # candidates whose seeds lie within the better one are duplicates

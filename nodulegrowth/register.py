@@ -7,9 +7,9 @@ Staged so that a full-size pair registers in seconds on a laptop CPU:
    difference of the lung masks' centres of mass, then elastix rigid ->
    affine -> coarse B-spline with sampling restricted to the dilated T1 lung
    mask (parameter maps ``params/global_*.txt``);
-2. **local** (:meth:`Registration.refine`): a rigid registration at full
+2. **local** (:meth:`Registration.refine`): an affine registration at full
    resolution on a VOI of :data:`LOCAL_HALF_SIZE_MM` mm around one nodule,
-   initialised by the global transform (``params/local_rigid.txt``).
+   initialised by the global transform (``params/local_affine.txt``).
 
 elastix's transform maps *fixed* points to *moving* points [1]_, so a T1
 nodule centre is carried into T2 by evaluating the transform at that point;
@@ -77,7 +77,7 @@ _CROP_MARGIN_MM = 30.0
 
 #: Parameter-map files of the stages, in ``nodulegrowth/params``.
 GLOBAL_STAGES = ("global_rigid.txt", "global_affine.txt", "global_bspline.txt")
-LOCAL_STAGE = "local_rigid.txt"
+LOCAL_STAGE = "local_affine.txt"
 
 
 def _itk():
@@ -322,13 +322,13 @@ class Registration:
 
     def refine(self, point_xyz, fixed: sitk.Image, moving: sitk.Image, *,
                half_size_mm: float = LOCAL_HALF_SIZE_MM) -> LocalRefinement:
-        """Refine the mapping of one T1 point by a local rigid registration.
+        """Refine the mapping of one T1 point by a local affine registration.
 
         A cubic VOI of half-size ``half_size_mm`` around :math:`\\mathbf{p}`
         is cut from T1; the T2 VOI is cut around
         :math:`\\mathbf{q} = \\phi(\\mathbf{p})` (with a margin) and shifted by
         :math:`\\mathbf{q} - \\mathbf{p}` so it starts aligned; an elastix
-        Euler transform :math:`R` rotating about :math:`\\mathbf{p}` is then
+        affine transform :math:`R` centred at :math:`\\mathbf{p}` is then
         optimised at full resolution, and
 
         .. math::
