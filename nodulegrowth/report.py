@@ -674,8 +674,10 @@ def _draw_table(ax, header: Sequence[str], rows: Sequence[Sequence[str]],
             for k, line in enumerate(c):
                 # in_layout=False: the table is placed in axes fractions, and
                 # measuring hundreds of texts makes constrained layout slow
+                # clip_on: a line of unusually wide glyphs never runs off the page
                 ax.text(xs[j] + 0.005, y - (k + 0.5) * line_h, line, fontsize=fontsize,
-                        va="center", ha="left", transform=ax.transAxes, in_layout=False)
+                        va="center", ha="left", transform=ax.transAxes, in_layout=False,
+                        clip_on=True)
         y -= n * line_h
     ax.plot([0, sum(widths)], [y, y], color="black", lw=0.5, transform=ax.transAxes,
             clip_on=False)
@@ -1103,10 +1105,11 @@ def _page_propagation(stats, df, groups, colours):
     return fig
 
 
-_FAIL_WRAP = (14, 6, 14, 7, 110)
+_FAIL_WRAP = (14, 6, 14, 7, 95)
 _FAIL_WIDTHS = (0.12, 0.06, 0.12, 0.07, 0.63)
 _FAIL_LINES = 34
 _FAIL_LINES_FIRST = 22  # the first page also holds the chart of reasons
+_MAX_REASONS = 12
 
 
 def _failure_rows(df) -> list[list[str]]:
@@ -1117,8 +1120,9 @@ def _failure_rows(df) -> list[list[str]]:
             reason.append(f"error: {r['error'] or 'no reason given'}")
         if r["qc_flags"]:
             reason.append("flags: " + ", ".join(_flags(r["qc_flags"])))
+        # one row must fit on a page; longer texts are cut (full in the CSV)
         rows.append([r["patient_id"], r["nodule_id"], r["diagnosis"], r["status"],
-                     "; ".join(reason)])
+                     _clip("; ".join(reason), 1500)])
     return rows
 
 
@@ -1137,6 +1141,14 @@ def _pages_failures(stats, df):
             bx = fig.add_subplot(gs[0])
             qc = stats[(stats.section == "qc")]
             names, counts = list(qc.detail), list(qc.value)
+            if len(names) > _MAX_REASONS:
+                # keep the chart legible: "failed" and the most frequent flags
+                # (every count is in cohort_summary.csv)
+                order = [0] + sorted(range(1, len(names)), key=lambda i: -counts[i])
+                keep = order[:_MAX_REASONS - 1]
+                rest = order[_MAX_REASONS - 1:]
+                names = [names[i] for i in keep] + [f"{len(rest)} other flags (total)"]
+                counts = [counts[i] for i in keep] + [sum(counts[i] for i in rest)]
             bx.barh(range(len(names)), counts, color=["#CB181D" if n == "failed" else "#777777"
                                                         for n in names])
             bx.set_yticks(range(len(names)), names, fontsize=7.5)
@@ -1195,14 +1207,20 @@ def _nodule_table(r: Mapping[str, Any]) -> tuple[list[list[str]], list[list[str]
         ["growth" + (f" ({r['growth_criterion']})" if _text(r.get("growth_criterion")) else ""),
          _text(r.get("growth")) or "–"],
         ["propagation error", _fmt(r.get("propagation_error_mm"), 2, "mm")],
-        ["QC flags", ", ".join(_flags(r.get("qc_flags", ""))) or "none"],
+        ["QC flags", _clip(", ".join(_flags(r.get("qc_flags", ""))), 200) or "none"],
     ]
     for col in _CRITERION_COLUMNS:
         if _text(r.get(col)):
             single.insert(8, [col.replace("_", " "), _text(r[col])])
     if _text(r.get("error")):
-        single.append(["error", _text(r["error"])])
+        # the page has room for ~12 wrapped lines; the full text is on the
+        # failures page and in measurements.csv
+        single.append(["error", _clip(_text(r["error"]), 200)])
     return both, single
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "… (see measurements.csv)"
 
 
 def _page_nodule(r, png: Path | None, colours):

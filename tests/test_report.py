@@ -429,6 +429,22 @@ def test_rerender_removes_stale_figures_only(tmp_path):
     assert (figures / "cohort_summary.png").is_file()
 
 
+@pytest.mark.parametrize("n_rows, error_len", [(3, 20), (60, 150), (5, 20000)])
+def test_failure_table_paginates_within_page(n_rows, error_len):
+    df = make_table(n_rows, failures=tuple(range(0, n_rows, 2)), flagged=(1,),
+                    radiologist=False)
+    df["error"] = np.where(df["status"] == "failed", "E" * error_len, "")
+    loaded = load_measurements(df)
+    rows = report._failure_rows(loaded)
+    lines = report._table_lines(rows, report._FAIL_WRAP)
+    pages = report._failure_pages_split(loaded)
+    assert sorted(i for p in pages for i in p) == list(range(len(rows)))  # each row once
+    caps = [report._FAIL_LINES_FIRST] + [report._FAIL_LINES] * (len(pages) - 1)
+    for page, cap in zip(pages, caps):
+        assert sum(lines[i] for i in page) <= cap
+    assert all(len(r[-1]) <= 1500 for r in rows)
+
+
 def test_colours_are_fixed_and_distinct():
     groups = ["benign", "malignant", NOT_GIVEN]
     c = report.diagnosis_colours(groups)
