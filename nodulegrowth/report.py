@@ -1220,7 +1220,9 @@ def _nodule_table(r: Mapping[str, Any]) -> tuple[list[list[str]], list[list[str]
 
 
 def _clip(text: str, n: int) -> str:
-    return text if len(text) <= n else text[: n - 1] + "… (see measurements.csv)"
+    """``text`` cut to at most ``n`` characters, saying where the rest is."""
+    tail = "… (see measurements.csv)"
+    return text if len(text) <= n else text[: n - len(tail)] + tail
 
 
 def _page_nodule(r, png: Path | None, colours):
