@@ -135,6 +135,15 @@ _LUNG_WINDOW = (-600.0 - 750.0, -600.0 + 750.0)  # W 1500 / L -600 HU
 # --------------------------------------------------------------------------
 # atomic writes
 # --------------------------------------------------------------------------
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 @contextmanager
 def _atomic_path(final: Path):
     """Yield a temporary path next to ``final``; move it there on success.
@@ -149,6 +158,9 @@ def _atomic_path(final: Path):
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp creates 0600; give the file the permissions a plain open()
+        # would have, or nobody else could read the report
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, final)
     except BaseException:
         try:

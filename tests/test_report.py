@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 import re
 import subprocess
 import sys
@@ -322,8 +323,13 @@ def check_outputs(df, d, pdf):
         img = mpimg.imread(png)
         assert img.shape[:2] == PAGE_PX
         assert img[..., :3].std() > 0.01  # not a blank page
-    # no temporary files left behind by the atomic writes
+    # no temporary files left behind by the atomic writes, and the outputs
+    # are as readable as any file the user creates (not mkstemp's 0600)
     assert not list(d.rglob("*.tmp"))
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in [pdf, d / "cohort_summary.csv", *pngs]:
+        assert f.stat().st_mode & 0o777 == 0o666 & ~umask
     summary = pd.read_csv(d / "cohort_summary.csv")
     assert list(summary.columns) == ["section", "statistic", "group", "detail", "value", "unit"]
 
