@@ -1404,7 +1404,9 @@ def make_report(measurements: pd.DataFrame | str | os.PathLike, out_dir: str | o
             pages.append(("propagation", lambda: _page_propagation(stats, df, groups, colours)))
         pdf_path = out / "report.pdf"
         with _atomic_path(pdf_path) as tmp_pdf:
-            with PdfPages(tmp_pdf, metadata={"Title": title, "Creator": "nodulegrowth"}) as pdf:
+            # no CreationDate: the same CSV gives the same PDF bytes
+            meta = {"Title": title, "Creator": "nodulegrowth", "CreationDate": None}
+            with PdfPages(tmp_pdf, metadata=meta) as pdf:
                 def emit(name, fig, png=True):
                     try:
                         pdf.savefig(fig)

@@ -429,10 +429,15 @@ def test_rerender_removes_stale_figures_only(tmp_path):
     figures.mkdir()
     (figures / "agreement.png").write_bytes(b"from an earlier run")
     (figures / "my_notes.png").write_bytes(b"not the report's")
-    make_report(make_table(1, failures=(0,), radiologist=False), tmp_path)
+    table = make_table(1, failures=(0,), radiologist=False)
+    make_report(table, tmp_path)
     assert not (figures / "agreement.png").exists()  # section skipped now
     assert (figures / "my_notes.png").read_bytes() == b"not the report's"
     assert (figures / "cohort_summary.png").is_file()
+    # re-rendering the same table gives the same bytes (no timestamps)
+    first = (tmp_path / "report.pdf").read_bytes()
+    make_report(table, tmp_path)
+    assert (tmp_path / "report.pdf").read_bytes() == first
 
 
 @pytest.mark.parametrize("n_rows, error_len", [(3, 20), (60, 150), (5, 20000)])
