@@ -210,6 +210,6 @@ def test_propagate_mask_lungs_overlap(phantom_chain):
     a = sitk.GetArrayViewFromImage(m1) > 0
     b = sitk.GetArrayViewFromImage(warped) > 0
     dice = 2 * (a & b).sum() / (a.sum() + b.sum())
-    # measured 0.95 at the registration's Dice QC; an unregistered T2 mask
-    # (20 mm, 5 deg, 8 % breathing) overlaps at about 0.85
-    assert dice > 0.92
+    # measured 0.973 at full resolution; the unregistered T2 mask (20 mm,
+    # 5 deg, 8 % breathing) overlaps at 0.61
+    assert dice > 0.95
