@@ -617,6 +617,17 @@ def nodule_png_name(patient_id: Any, nodule_id: Any) -> str:
     Characters other than letters, digits, ``-``, ``_`` and ``.`` are replaced
     by ``_`` so that an identifier can never escape the ``nodules`` folder.
 
+    Parameters
+    ----------
+    patient_id, nodule_id : str or int
+        Identifiers as in the manifest / ``measurements.csv``.
+
+    Returns
+    -------
+    str
+        The file name (no folder); used by ``cohort`` to write the image and
+        by :func:`make_report` to find it.
+
     Examples
     --------
     >>> nodule_png_name("P 01/a", 2)
@@ -807,7 +818,7 @@ def _page_size(stats, ok, groups, colours, sections: Sequence[str]):
     for r, g in enumerate(sections):
         sub = ok if g == "all" else ok[ok["diagnosis"] == g]
         ax = fig.add_subplot(gs[r, 0])
-        bx = fig.add_subplot(gs[r, 1], sharey=None)
+        bx = fig.add_subplot(gs[r, 1])
         data = []
         for tp in ("T1", "T2"):
             col = f"{tp.lower()}_mean_diameter_mm"
@@ -1377,7 +1388,7 @@ def make_report(measurements: pd.DataFrame | str | os.PathLike, out_dir: str | o
         skipped.append(("failures and QC flags", "no failed or flagged row"))
 
     subtitle = (f"{len(df)} rows; nodulegrowth "
-                f"{__import__('nodulegrowth').__version__}")
+                f"{_version()}")
     with matplotlib.rc_context({"pdf.fonttype": 42, "ps.fonttype": 42,
                                 "font.family": "DejaVu Sans", "svg.fonttype": "none"}):
         pages: list[tuple[str, Any]] = []  # (name, factory)
@@ -1445,6 +1456,11 @@ def make_report(measurements: pd.DataFrame | str | os.PathLike, out_dir: str | o
 #: Names of the PNGs make_report writes into ``figures/`` (and may remove when stale).
 _FIGURE_NAME = re.compile(r"(cohort_summary|size|size_by_diagnosis(_\d+)?|growth|waterfall|"
                           r"agreement|propagation|failures_\d+|nodule_.+)\.png")
+
+
+def _version() -> str:
+    from . import __version__
+    return __version__
 
 
 def _find_nodule_png(folder: Path, patient_id: str, nodule_id: str) -> Path | None:
