@@ -282,13 +282,6 @@ def _track_airway(dark: np.ndarray, body: np.ndarray, spacing: np.ndarray) -> np
     return airway
 
 
-def _ball(radius_vox: np.ndarray) -> np.ndarray:
-    r = np.maximum(np.asarray(radius_vox, float), 0.5)
-    half = np.floor(r).astype(int)
-    g = np.ogrid[tuple(slice(-h, h + 1) for h in half)]
-    return sum((gi / ri) ** 2 for gi, ri in zip(g, r)) <= 1.0
-
-
 def _close_lung(lung: np.ndarray, spacing: np.ndarray, radius_mm: float) -> np.ndarray:
     """Rolling-ball closing of one lung, then slice-wise hole filling.
 

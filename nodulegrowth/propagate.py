@@ -31,14 +31,14 @@ References
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
-from .errors import GeometryError, RegistrationError
+from .errors import GeometryError
 
 __all__ = [
     "LARGE_RESIDUAL_MM",
@@ -376,23 +376,29 @@ def reidentify(moving: sitk.Image, propagated_xyz, *, reference=None,
 
     1. VOI of half-size ``search_radius_mm + 2 r_1 + 5`` mm around the
        propagated point :math:`\\mathbf{q}`, with
-       :math:`r_1 = (3 V_1 / 4\\pi)^{1/3}` the T1 equivalent radius;
+       :math:`r_1 = (3 V_1 / 4\\pi)^{1/3}` the T1 equivalent radius (5 mm
+       when :math:`V_1` is unknown);
     2. thresholds :math:`t_f = \\tilde h_{lung} + f(\\tilde h_{tissue} - \\tilde h_{lung})`,
        :math:`f \\in \\{0.15, 0.3, 0.5\\}` (the 50 % partial-volume levels of
-       ground-glass, denser ground-glass and solid nodules [1]_), with the
-       parenchyma and soft-tissue levels the medians of the VOI voxels below
-       and above its Otsu threshold; plus, when the T1 density is given, the
-       level half-way between the local lung parenchyma
-       :math:`\\tilde h_{lung}` (median of the VOI voxels below the VOI's Otsu
-       threshold) and the T1 nodule's density :math:`h_1`,
-       :math:`t = (\\tilde h_{lung} + h_1)/2`, the 50 % partial-volume boundary
-       (Otsu's threshold when :math:`h_1` is unknown);
-    3. voxels above ``t`` inside the lung (the given lung mask, else the VOI's
-       dark region closed by a rolling ball), opened by balls of radius
-       :math:`\\rho = \\mathrm{clip}(f\\,r_1, 1, 5)` mm, :math:`f \\in \\{0.4, 0.6, 0.8\\}`,
-       to detach vessels [2]_ (a blob found at several radii counts once);
-    4. each connected blob :math:`c` whose centroid is within
-       ``search_radius_mm`` of :math:`\\mathbf{q}` is scored
+       ground-glass, denser ground-glass and solid nodules [1]_), with
+       :math:`\\tilde h_{lung}` and :math:`\\tilde h_{tissue}` the medians of
+       the VOI voxels below and above its Otsu threshold; plus, when the T1
+       density :math:`h_1` is given, :math:`(\\tilde h_{lung} + h_1)/2`.
+       Levels within 4 noise SDs (MAD) of the parenchyma are dropped;
+    3. at each level, voxels above it inside the lung (the given lung mask,
+       else the VOI's dark region closed by a rolling ball) are opened by
+       balls of radius :math:`\\rho = \\mathrm{clip}(f\\,r_1, 1, 5)` mm,
+       :math:`f \\in \\{0.4, 0.6, 0.8\\}`, to detach vessels [2]_;
+    4. in each connected blob reaching within ``search_radius_mm`` of
+       :math:`\\mathbf{q}` the seed is the voxel maximising
+       :math:`D(\\mathbf{x}) - 0.25\\,\\lVert \\mathbf{x} - \\mathbf{q} \\rVert`
+       (:math:`D` the distance to the blob's boundary: the thickest point,
+       preferring the part near :math:`\\mathbf{q}`), and the candidate is the
+       part of the blob within :math:`1.5 \\max(r_1, D_{seed})` of the seed
+       (the whole blob for an isolated nodule, the nodule without the far
+       part of an attached vessel otherwise). With :math:`d_c` the distance
+       of its centroid to :math:`\\mathbf{q}`, :math:`V_c` its volume and
+       :math:`\\bar h_c` its mean HU, it scores
 
     .. math::
 
@@ -400,12 +406,16 @@ def reidentify(moving: sitk.Image, propagated_xyz, *, reference=None,
               \\exp\\!\\left(-\\frac{\\ln^2(V_c/V_1)}{2\\sigma_V^2}\\right)
               \\exp\\!\\left(-\\frac{(\\bar h_c - h_1)^2}{2\\sigma_h^2}\\right)
 
-       with :math:`\\sigma_d` = 4 mm, :math:`\\sigma_V = \\ln 3`,
-       :math:`\\sigma_h` = 150 HU (a term is 1 when its reference is unknown);
-    5. the best blob with :math:`s \\ge 0.01` is the T2 nodule; its seed is
-       its deepest interior voxel, its centre the centroid of its
-       segmentation (:func:`nodulegrowth.segment.segment_nodule`, when
-       available and ``use_segmentation``) or of the blob.
+       with :math:`\\sigma_d` = 4 mm, :math:`\\sigma_V = \\ln 3` (a doubling
+       time of about the interval [3]_), :math:`\\sigma_h` = 150 HU (a term is
+       1 when its reference is unknown). The same blob found at several
+       levels or radii counts once (candidates closer than
+       :math:`\\max(r_1/2, 2)` mm to a better one are dropped);
+    5. the best candidate with :math:`s \\ge 0.01` is the T2 nodule; its
+       centre is the centroid of its segmentation
+       (:func:`nodulegrowth.segment.segment_nodule` on an 80 mm VOI, when
+       available and ``use_segmentation``), else of the candidate. A second
+       candidate with at least half the best score makes it ambiguous.
 
     Parameters
     ----------
