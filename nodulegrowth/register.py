@@ -265,16 +265,21 @@ class Registration:
     shift_xyz : ndarray, shape (3,)
         Pre-translation :math:`\\mathbf{d}` (mm, LPS).
     qc : dict
-        ``lung_dice`` (Dice of T1 lung mask and warped T2 lung mask on the
-        global grid), ``lung_dice_before`` (same before registration, with the
-        centre-of-mass shift only), ``lung_ncc`` (normalised cross-correlation
-        of T1 and warped T2 inside the T1 lung mask), ``seconds`` (wall time), ``grid_spacing_mm``.
+        ``lung_dice`` (Dice of the T1 lung mask and the warped T2 lung mask on
+        a grid twice as coarse as the global one), ``lung_dice_before`` (same
+        with the centre-of-mass shift only), ``lung_ncc`` (normalised
+        cross-correlation of T1 and warped T2 inside the T1 lung mask, on the
+        same grid), ``grid_spacing_mm`` (x, y, z spacing of the global grid),
+        ``initial_shift_mm`` (:math:`\\mathbf{d}`), ``seconds`` (wall time of
+        :func:`register_pair`) and ``seconds_elastix`` (of elastix alone).
     flags : tuple of str
         ``registration_low_overlap`` when ``lung_dice`` < :data:`LOW_OVERLAP_DICE`.
     parameter_object : itk.ParameterObject
         The transform parameter maps found by elastix.
     number_of_threads : int or None
         Thread cap used, reused by :meth:`refine`.
+    workdir : pathlib.Path or None
+        Where the parameter maps and transforms were written, if anywhere.
     """
 
     transform: object
