@@ -282,6 +282,33 @@ def _track_airway(dark: np.ndarray, body: np.ndarray, spacing: np.ndarray) -> np
     return airway
 
 
+def _split_lungs(lung: np.ndarray, spacing: np.ndarray) -> list[np.ndarray]:
+    """Split a lung component joined by a thin bridge into left and right.
+
+    The component is eroded by growing depths :math:`r` (mm, from its
+    Euclidean distance map :math:`D`): the first core :math:`\\{D > r\\}`
+    with two components each holding >= 15 % of it gives the two lungs, and
+    every voxel of the component goes to the nearest core. A component that
+    never splits up to 15 mm is one lung (or two lungs fused over a long
+    contact) and is returned whole.
+    """
+    dt = ndi.distance_transform_edt(lung, sampling=spacing)
+    for r in (2.0, 4.0, 6.0, 8.0, 11.0, 15.0):
+        lab, n = ndi.label(dt > r)
+        if n < 2:
+            continue
+        sizes = np.bincount(lab.ravel())
+        sizes[0] = 0
+        order = np.argsort(sizes)[::-1]
+        if sizes[order[1]] < 0.15 * sizes[order[0]]:
+            continue
+        cores = np.where(np.isin(lab, order[:2]), lab, 0)
+        _, idx = ndi.distance_transform_edt(cores == 0, sampling=spacing, return_indices=True)
+        nearest = cores[tuple(idx)]
+        return [lung & (nearest == order[0]), lung & (nearest == order[1])]
+    return [lung]
+
+
 def _close_lung(lung: np.ndarray, spacing: np.ndarray, radius_mm: float) -> np.ndarray:
     """Rolling-ball closing of one lung, then slice-wise hole filling.
 
@@ -395,9 +422,15 @@ def lung_mask(image: sitk.Image) -> sitk.Image:
             f"lung volume {total:.0f} mL < {MIN_LUNG_VOLUME_ML:.0f} mL; no credible lung "
             "(wrong series, localiser or non-chest scan?)"
         )
+    parts = [lab == k for k in keep]
+    if len(parts) == 1:
+        # one component: the lungs may touch (anterior junction, or main
+        # bronchi left by the airway tracking); closing them together would
+        # fill the mediastinum between them, so split them first
+        parts = _split_lungs(parts[0], spacing)
     out = np.zeros_like(dark)
-    for k in keep:
-        out |= _close_lung(lab == k, spacing, PLEURAL_BALL_RADIUS_MM)
+    for part in parts:
+        out |= _close_lung(part, spacing, PLEURAL_BALL_RADIUS_MM)
     # the closing must not bring back the trachea/main bronchi nor leave the body
     out &= body & ~airway_d
     return _to_image_grid(out, work, image)

@@ -146,3 +146,22 @@ def test_small_air_pocket_is_not_a_lung():
 def test_bad_image_raises(bad):
     with pytest.raises(LungMaskError, match="dimensions|too small"):
         lung_mask(bad)
+
+
+def test_lungs_joined_by_a_bridge_are_split_and_mediastinum_not_filled():
+    img, truth = chest()
+    arr = sitk.GetArrayFromImage(img)
+    nz, ny, nx = arr.shape
+    # a 3-slice dark bridge across the mediastinum (like main bronchi left
+    # in the mask, or an anterior junction), well below the trachea
+    bridge = np.zeros(arr.shape, bool)
+    bridge[nz // 2 - 6: nz // 2 - 3, ny // 2 - 3: ny // 2 + 3, nx // 4: 3 * nx // 4] = True
+    arr[bridge & truth["body"]] = -850.0
+    joined = sitk.GetImageFromArray(arr)
+    joined.CopyInformation(img)
+    m = sitk.GetArrayFromImage(lung_mask(joined)).astype(bool)
+    # the mediastinum between the lungs (body, not lung, not bridge) stays out
+    mediastinum = truth["body"] & ~truth["lungs"] & ~bridge
+    mediastinum[:, :, : nx // 2 - 10] = False
+    mediastinum[:, :, nx // 2 + 10:] = False
+    assert (m & mediastinum).sum() < 0.01 * mediastinum.sum()
