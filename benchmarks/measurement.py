@@ -314,7 +314,7 @@ def fit_model(rep: pd.DataFrame) -> pd.DataFrame:
                             k=float(np.exp(coef[0])), p=float(coef[1]),
                             log_residual_sd=float(np.std(resid, ddof=2)) if len(y) > 2 else float("nan"),
                             n_nodules=int(len(g)), h_definition="(sz*sy*sx)**(1/3) mm",
-                            d_definition="mean diameter mm"))
+                            d_definition="volume-equivalent diameter mm (applied to the mean diameter)"))
     return pd.DataFrame(out)
 
 
@@ -338,7 +338,7 @@ def summarise(acc: pd.DataFrame) -> pd.DataFrame:
     return s.round(2)
 
 
-def phantom_check(seeds, preset):
+def phantom_check(seeds, preset, nodules=None):
     """Segment and measure every nodule of ``nodulegrowth.phantom.make_pair`` pairs.
 
     An independent check on the project's phantom generator (its truth is
@@ -351,7 +351,8 @@ def phantom_check(seeds, preset):
 
     rows = []
     for seed in seeds:
-        pair = phantom.make_pair(int(seed), preset=preset)
+        extra = {} if nodules is None else {"nodules": nodules}
+        pair = phantom.make_pair(int(seed), preset=preset, **extra)
         for _, r in pair.truth.iterrows():
             row = dict(seed=seed, kind=r["kind"], shape=r["shape"], location=r["location"])
             ms = []
@@ -401,6 +402,8 @@ def main(argv=None):
     ap.add_argument("--phantom-seeds", nargs="*", type=int, default=[],
                     help="also check on nodulegrowth.phantom.make_pair(seed) pairs (slow for 'full')")
     ap.add_argument("--phantom-preset", default="full", choices=["small", "full"])
+    ap.add_argument("--phantom-hard", action="store_true",
+                    help="phantom pairs with a part-solid, a juxtapleural and a juxtavascular nodule")
     args = ap.parse_args(argv)
     if args.quick:
         args.n, args.rep_nodules, args.rep_repeats = 1, 1, 4
@@ -455,7 +458,12 @@ def main(argv=None):
             model.to_csv(path, index=False, float_format="%.6g")
             print(f"written {path}")
     if args.phantom_seeds:
-        ph = phantom_check(args.phantom_seeds, args.phantom_preset)
+        nodules = None
+        if args.phantom_hard:
+            from nodulegrowth.phantom import NoduleSpec
+            nodules = (NoduleSpec(kind="part_solid"), NoduleSpec(location="juxtapleural"),
+                       NoduleSpec(kind="solid", location="juxtavascular"))
+        ph = phantom_check(args.phantom_seeds, args.phantom_preset, nodules)
         if args.csv:
             ph.to_csv(f"{args.csv}_phantom.csv", index=False)
         print(f"\n== nodulegrowth.phantom ({args.phantom_preset}) pairs: per nodule ==")
