@@ -399,7 +399,13 @@ def segment_nodule(volume_hu, spacing_zyx, seed_zyx, *, lung_mask=None, nodule_t
         # an ellipsoid of aspect 2.5 has r_v / r_in = 2.5^(1/3) = 1.36 and extent
         # 5 r_in; a vessel or wall carried along exceeds one of them. A false
         # alarm only costs a look; a silent leak costs a wrong volume.
-        return r_v > 1.8 * r_ref or ext > 5.0 * r_ref + 2.0 * float(sp[0])
+        if r_v > 1.8 * r_ref or ext > 5.0 * r_ref + 2.0 * float(sp[0]):
+            return True
+        # a vessel about as thick as a small nodule survives the opening; it
+        # shows as a large part of the mask outside the opening by a ball of
+        # 0.7 r_ref (a convex nodule loses only its sharpest tips to it)
+        opened = _opening(sub, 0.7 * r_ref, sp)
+        return bool(opened.any()) and (sub & ~opened).sum() > 0.3 * sub.sum()
 
     def segment_at(t: float):
         comp, dense, wall, r_in = grow(t)
