@@ -384,7 +384,7 @@ def reidentify(moving: sitk.Image, propagated_xyz, *, reference=None,
        :math:`\\tilde h_{lung}` and :math:`\\tilde h_{tissue}` the medians of
        the VOI voxels below and above its Otsu threshold; plus, when the T1
        density :math:`h_1` is given, :math:`(\\tilde h_{lung} + h_1)/2`.
-       Levels within 4 noise SDs (MAD) of the parenchyma are dropped;
+       Levels within 3 noise SDs (MAD) of the parenchyma are dropped;
     3. at each level, voxels above it inside the lung (the given lung mask,
        else the VOI's dark region closed by a rolling ball) are opened by
        balls of radius :math:`\\rho = \\mathrm{clip}(f\\,r_1, 1, 5)` mm,
@@ -485,8 +485,9 @@ def reidentify(moving: sitk.Image, propagated_xyz, *, reference=None,
     h_lung = float(np.median(dark_vals)) if dark_vals.size else -850.0
     bright = clipped[clipped >= otsu]
     h_tissue = float(np.clip(np.median(bright), -100.0, 100.0)) if bright.size else 40.0
-    # robust noise of the parenchyma (MAD): a threshold closer than 4 sigma
-    # to the parenchyma would make candidates out of noise
+    # robust noise of the parenchyma (MAD): a threshold closer than 3 sigma
+    # to the parenchyma would make candidates out of noise (beyond 3 sigma,
+    # the 0.1 % of noise voxels above it are removed by the opening)
     sd = 1.4826 * float(np.median(np.abs(dark_vals - h_lung))) if dark_vals.size else 20.0
     # the nodule's density is not known in general (the pipeline passes a
     # T1 measurement of size only): solid, part-solid and ground-glass
@@ -494,9 +495,9 @@ def reidentify(moving: sitk.Image, propagated_xyz, *, reference=None,
     # several fractions of the parenchyma -> soft-tissue contrast [1]_, plus
     # the half-way level to the T1 density when it is given
     levels = [h_lung + f * (h_tissue - h_lung) for f in _CONTRAST_FRACTIONS]
-    if reference_hu is not None and np.isfinite(reference_hu) and reference_hu > h_lung + 4 * sd:
+    if reference_hu is not None and np.isfinite(reference_hu) and reference_hu > h_lung + 6 * sd:
         levels.append(0.5 * (h_lung + min(float(reference_hu), h_tissue)))
-    levels = sorted(t for t in levels if t > h_lung + 4.0 * sd) or [otsu]
+    levels = sorted(t for t in levels if t > h_lung + 3.0 * sd) or [otsu]
 
     if lung_mask is not None:
         lm = sitk.GetArrayFromImage(sitk.RegionOfInterest(
