@@ -292,7 +292,11 @@ def _split_lungs(lung: np.ndarray, spacing: np.ndarray) -> list[np.ndarray]:
     never splits up to 15 mm is one lung (or two lungs fused over a long
     contact) and is returned whole.
     """
-    dt = ndi.distance_transform_edt(lung, sampling=spacing)
+    # on a grid twice as coarse: the split only decides which lung a voxel
+    # belongs to, and the distance maps of a whole chest are the costly part
+    sub = lung[::2, ::2, ::2]
+    sp2 = spacing * 2
+    dt = ndi.distance_transform_edt(sub, sampling=sp2)
     for r in (2.0, 4.0, 6.0, 8.0, 11.0, 15.0):
         lab, n = ndi.label(dt > r)
         if n < 2:
@@ -303,9 +307,11 @@ def _split_lungs(lung: np.ndarray, spacing: np.ndarray) -> list[np.ndarray]:
         if sizes[order[1]] < 0.15 * sizes[order[0]]:
             continue
         cores = np.where(np.isin(lab, order[:2]), lab, 0)
-        _, idx = ndi.distance_transform_edt(cores == 0, sampling=spacing, return_indices=True)
+        _, idx = ndi.distance_transform_edt(cores == 0, sampling=sp2, return_indices=True)
         nearest = cores[tuple(idx)]
-        return [lung & (nearest == order[0]), lung & (nearest == order[1])]
+        full = np.repeat(np.repeat(np.repeat(nearest, 2, 0), 2, 1), 2, 2)
+        full = full[: lung.shape[0], : lung.shape[1], : lung.shape[2]]
+        return [lung & (full == order[0]), lung & (full == order[1])]
     return [lung]
 
 
