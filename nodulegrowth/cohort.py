@@ -60,7 +60,13 @@ CONTRACT_COLUMNS: tuple[str, ...] = (
 EXTRA_COLUMNS: tuple[str, ...] = (
     "nodule_type", "location",
     "growth_criterion", "growth_lung_rads_2022", "growth_fleischner_2017", "growth_nelson",
+    "nelson_vdt_category",
+    "volume_change_pct_lo95", "volume_change_pct_hi95", "vdt_days_lo95", "vdt_days_hi95",
+    "change_exceeds_measurement_error",
     "t1_volume_pv_mm3", "t2_volume_pv_mm3",
+    "t1_solid_mean_diameter_mm", "t2_solid_mean_diameter_mm",
+    "t1_solid_volume_mm3", "t2_solid_volume_mm3",
+    "t1_voxel_size_mm", "t2_voxel_size_mm",
     "t1_diameter_mm", "t2_diameter_mm",
     "t1_manufacturer", "t1_model", "t1_kvp", "t1_slice_thickness_mm",
     "t2_manufacturer", "t2_model", "t2_kvp", "t2_slice_thickness_mm",
@@ -510,8 +516,10 @@ def _process_nodule(row: ManifestRow, t1: Any, t2: Any, mask1: Any, mask2: Any, 
         if ref2 is not None:
             record["propagation_error_mm"] = float(np.linalg.norm(np.asarray(m2.center_xyz) - ref2))
         if interval is not None:
-            result = growth.assess_growth(m1, m2, interval, criterion=config.growth_criterion)
+            result = growth.assess_growth(m1, m2, interval, criterion=config.growth_criterion,
+                                          nodule_type=seg1.nodule_type)
             record.update(result.as_dict())
+            flags += [f for f in result.flags if f not in flags]
         else:
             record["diameter_change_mm"] = m2.mean_diameter_mm - m1.mean_diameter_mm
             record["volume_change_pct"] = 100.0 * (m2.volume_mm3 - m1.volume_mm3) / m1.volume_mm3

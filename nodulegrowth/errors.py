@@ -45,5 +45,13 @@ class MeasurementError(NoduleGrowthError):
     """A measurement is undefined for the given mask (e.g. an empty mask)."""
 
 
+class PhantomSpecError(NoduleGrowthError):
+    """A phantom specification is invalid (unknown kind, size out of range, ...)."""
+
+
+class ReportError(NoduleGrowthError):
+    """The measurements table cannot be turned into a report."""
+
+
 class DeidentificationError(NoduleGrowthError):
     """DICOM de-identification failed; the data must not leave the site."""

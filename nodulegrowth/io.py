@@ -60,7 +60,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, gene
 from pydicom.valuerep import format_number_as_ds
 from scipy import ndimage
 
-from .errors import GeometryError, ImageReadError, ImageWriteError, NoduleGrowthError
+from .errors import GeometryError, ImageReadError, ImageWriteError
 
 __all__ = [
     "Scan",

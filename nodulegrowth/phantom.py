@@ -65,7 +65,7 @@ import SimpleITK as sitk
 from scipy.spatial import ConvexHull
 from scipy.spatial.transform import Rotation
 
-from .errors import GeometryError, NoduleGrowthError
+from .errors import GeometryError, PhantomSpecError
 
 logger = logging.getLogger(__name__)
 
@@ -84,14 +84,6 @@ __all__ = [
     "TRUTH_COLUMNS",
     "MANIFEST_COLUMNS",
 ]
-
-
-class PhantomSpecError(NoduleGrowthError):
-    """A phantom specification is invalid (unknown kind, size out of range...).
-
-    Defined here because :mod:`nodulegrowth.errors` has no phantom-specific
-    error; it is a :class:`~nodulegrowth.errors.NoduleGrowthError`.
-    """
 
 
 KINDS = ("solid", "ground_glass", "part_solid")

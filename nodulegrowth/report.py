@@ -67,7 +67,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import GeometryError, NoduleGrowthError
+from .errors import GeometryError, ReportError
 
 __all__ = [
     "ReportError",
@@ -85,14 +85,6 @@ __all__ = [
     "render_nodule_check",
     "nodule_check_figure",
 ]
-
-
-class ReportError(NoduleGrowthError):
-    """The measurements table cannot be turned into a report.
-
-    Private stand-in until ``nodulegrowth.errors`` gains a report error; it is
-    a :class:`~nodulegrowth.errors.NoduleGrowthError` so the CLI catches it.
-    """
 
 
 #: One colour per time point, used in every figure (Okabe-Ito blue / orange).
