@@ -490,7 +490,13 @@ def _process_nodule(row: ManifestRow, t1: Any, t2: Any, mask1: Any, mask2: Any, 
     flags += [f for f in seg1.flags]
     prop = propagate.propagate_point(reg, t1.image, t2.image, m1.center_xyz)
     flags += list(prop.flags)
-    reid = propagate.reidentify(t2.image, prop.point_xyz, reference=m1, lung_mask=mask2)
+    import SimpleITK as sitk
+
+    # The T1 nodule's mean density guides the choice among T2 candidates
+    # (ground-glass nodules would otherwise be judged from T2 alone).
+    t1_hu = float(np.mean(sitk.GetArrayViewFromImage(voi1)[seg1.mask]))
+    reid = propagate.reidentify(t2.image, prop.point_xyz, reference=m1, reference_hu=t1_hu,
+                                lung_mask=mask2)
     flags += list(reid.flags)
 
     record: dict[str, Any] = {
