@@ -48,7 +48,9 @@ surrounding lung. Every threshold is derived from the image itself:
 QC flags (for the contract's ``qc_flags``): ``touches_pleura`` (the mask
 touches the chest wall), ``touches_roi_border``, ``segmentation_leak`` (the mask
 is much larger or longer than the nodule's inscribed sphere predicts, or
-touches the VOI border), ``seed_outside_nodule`` (the given seed voxel is not
+touches the VOI border, or its axial cross-section is more than 3:1
+elongated -- a region grown along a vessel that the opening could not cut,
+typically at voxels of about 3 mm), ``seed_outside_nodule`` (the given seed voxel is not
 in the final mask), ``low_contrast_nodule`` (contrast below 5 noise SD).
 
 References
@@ -521,6 +523,8 @@ def segment_nodule(volume_hu, spacing_zyx, seed_zyx, *, lung_mask=None, nodule_t
     if (mask & border).any():
         flags.append("touches_roi_border")
         leak = True
+    if not leak and _elongated_like_vessel(mask, sp, vol, t, inplane):
+        leak = True
     if leak:
         flags.append("segmentation_leak")
     if not mask[seed0]:
@@ -685,3 +689,26 @@ def _far_reaching_solid(sm, solid_level, seed, sp, reach_mm):
     far = np.asarray(ndimage.maximum(dist2, lab, np.arange(1, n + 1))) > reach_mm ** 2
     out = np.isin(lab, np.arange(1, n + 1)[far])
     return ndimage.binary_dilation(out, ndimage.generate_binary_structure(3, 3))
+
+
+def _elongated_like_vessel(mask, sp, hu, t, inplane, max_ratio=0.3):
+    r"""True when the mask's axial cross-section is strongly elongated (vessel sign).
+
+    .. math:: S / L < 0.3, \qquad L > 3\,h_{xy}
+
+    with :math:`L, S` the axial long and short axes of the mask as reported
+    by :func:`nodulegrowth.measure.axial_axes` (sub-voxel contour at the
+    threshold) and :math:`h_{xy}` the in-plane voxel size. Nodules are rarely
+    more than 3:1 in-plane; a region grown along a tubular structure is. At
+    coarse voxels (about 3 mm) the opening cannot cut a vessel of the size of
+    a voxel, so this flags what it leaves behind (a false alarm only costs a
+    look, a silent leak a wrong volume).
+    """
+    from .errors import MeasurementError
+    from .measure import axial_axes  # local import keeps segment importable on its own
+
+    try:
+        ax = axial_axes(mask, sp, hu=hu, threshold_hu=t)
+    except MeasurementError:  # e.g. an empty mask: nothing to flag, and a QC flag must not cost the segmentation
+        return False
+    return bool(ax.long_mm > 3.0 * inplane and ax.short_mm < max_ratio * ax.long_mm)
