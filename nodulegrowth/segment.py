@@ -26,7 +26,10 @@ surrounding lung. Every threshold is derived from the image itself:
    of 0.45 times the nodule's inscribed radius (the distance from the seed to
    the nearest background voxel) removes attached structures thinner than
    that; the opening is repeated with a larger ball when the result still
-   looks like a leak.
+   looks like a leak. The leak tests allow for the grid: the inscribed radius
+   is known only to half a voxel, and an opening test whose erosion depth is
+   below one voxel is not made (at ~3 mm voxels it would erode any small
+   nodule to a point and read that as a leak).
 7. **Ground-glass halo**: when the core is solid, the in-plane ring 1-2.5 mm
    outside the solid region is examined; if its upper quartile is clearly above
    the parenchyma (a ground-glass rim), the whole nodule is regrown at the
@@ -401,11 +404,23 @@ def segment_nodule(volume_hu, spacing_zyx, seed_zyx, *, lung_mask=None, nodule_t
         # an ellipsoid of aspect 2.5 has r_v / r_in = 2.5^(1/3) = 1.36 and extent
         # 5 r_in; a vessel or wall carried along exceeds one of them. A false
         # alarm only costs a look; a silent leak costs a wrong volume.
-        if r_v > 1.8 * r_ref or ext > 5.0 * r_ref + 2.0 * float(sp[0]):
+        # the distance map only takes grid values (h, sqrt(2) h, 2 h, ...): a
+        # blob of a few 3 mm voxels without an interior voxel has r_ref = h
+        # whatever its true inscribed radius (up to 1.5 h). Judge the volume
+        # against the largest radius the grid allows, so that quantization
+        # alone is not taken for a leak (and then "repaired" by an opening
+        # that halves the nodule).
+        r_hi = r_ref + 0.5 * inplane
+        if r_v > 1.8 * r_hi or ext > 5.0 * r_ref + 2.0 * float(sp[0]):
             return True
         # a vessel about as thick as a small nodule survives the opening; it
         # shows as a large part of the mask outside the opening by a ball of
-        # 0.7 r_ref (a convex nodule loses only its sharpest tips to it)
+        # 0.7 r_ref (a convex nodule loses only its sharpest tips to it). That
+        # holds only if the grid resolves the erosion depth 0.3 r_ref: a
+        # nodule a few coarse voxels across is eroded to a point by any ball
+        # bigger than a voxel and would always look leaky.
+        if 0.3 * r_ref < inplane:
+            return False
         opened = _opening(sub, 0.7 * r_ref, sp)
         return bool(opened.any()) and (sub & ~opened).sum() > 0.3 * sub.sum()
 
