@@ -287,3 +287,17 @@ def test_juxtavascular_nodule_at_3mm_voxels_is_not_eroded(spacing, vessel_z, dir
     seg = segment_nodule(img, spacing, c)
     v_true = 4 / 3 * math.pi * r ** 3
     assert abs(volume_mm3(seg.mask, spacing) / v_true - 1) < rel_tol(spacing, r)
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 0.7, 0.7), (2.5, 0.8, 0.8)])
+@pytest.mark.parametrize("radius", [5.0, 8.0])
+def test_blurred_solid_nodule_is_not_part_solid(spacing, radius):
+    # a soft kernel (PSF sigma 1.2 mm) spreads the edge of a solid nodule
+    # beyond 1 mm: its blur tail must not be read as a ground-glass rim (which
+    # would regrow the nodule at a low threshold, 1.6-2x its volume)
+    img, c = render([(ball(radius), SOLID)], spacing, size_mm=48.0, psf_mm=1.2,
+                    offset=(0.4, -0.3, 0.7), seed=1)
+    seg = segment_nodule(img, spacing, c)
+    assert seg.nodule_type == "solid"
+    v_true = 4 / 3 * math.pi * radius ** 3
+    assert abs(volume_mm3(seg.mask, spacing) / v_true - 1) < 2 * rel_tol(spacing, radius)
