@@ -273,26 +273,12 @@ def propagate_mask(registration, mask_t2: sitk.Image, reference_t1: sitk.Image) 
     --------
     >>> m1 = propagate_mask(reg, lung_mask(t2), t1)              # doctest: +SKIP
     """
-    from .register import _itk, sitk_to_itk
+    from .register import _itk, _warp
 
-    itk = _itk()
     shifted = sitk.Image(mask_t2)
     shifted.SetOrigin(tuple(np.asarray(mask_t2.GetOrigin()) - registration.shift_xyz))
-    po = itk.ParameterObject.New()
-    rp = registration.parameter_object
-    for i in range(rp.GetNumberOfParameterMaps()):
-        pm = rp.GetParameterMap(i)
-        pm["FinalBSplineInterpolationOrder"] = ["0"]
-        pm["DefaultPixelValue"] = ["0"]
-        pm["ResultImagePixelType"] = ["float"]
-        pm["Size"] = [str(v) for v in reference_t1.GetSize()]
-        pm["Spacing"] = [repr(float(v)) for v in reference_t1.GetSpacing()]
-        pm["Origin"] = [repr(float(v)) for v in reference_t1.GetOrigin()]
-        pm["Direction"] = [repr(float(v)) for v in reference_t1.GetDirection()]
-        pm["Index"] = ["0", "0", "0"]
-        po.AddParameterMap(pm)
-    warped = itk.transformix_filter(sitk_to_itk(shifted), po)
-    out = sitk.GetImageFromArray((itk.array_from_image(warped) > 0.5).astype(np.uint8))
+    warped = _warp(_itk(), registration.parameter_object, shifted, 0, 0.0, reference_t1)
+    out = sitk.GetImageFromArray((warped > 0.5).astype(np.uint8))
     out.CopyInformation(reference_t1)
     return out
 
