@@ -287,14 +287,17 @@ def propagate_mask(registration, mask_t2: sitk.Image, reference_t1: sitk.Image) 
 # re-identification
 # ---------------------------------------------------------------------------
 def _crop_array(image: sitk.Image, center_xyz: np.ndarray, half_mm: float):
-    sp = np.array(image.GetSpacing())
-    c = np.array(image.TransformPhysicalPointToContinuousIndex([float(v) for v in center_xyz]))
-    half = np.ceil(half_mm / sp)
-    lo = np.maximum(np.floor(c - half), 0).astype(int)
-    hi = np.minimum(np.ceil(c + half) + 1, image.GetSize()).astype(int)
-    if np.any(hi - lo < 3):
+    """:func:`nodulegrowth.io.crop` and the crop's index offset in ``image`` (i, j, k);
+    ``(None, None)`` when the point is outside or the crop is under 3 voxels thick."""
+    from .io import crop
+
+    try:
+        roi = crop(image, center_xyz, half_mm)
+    except GeometryError:
         return None, None
-    roi = sitk.RegionOfInterest(image, [int(v) for v in hi - lo], [int(v) for v in lo])
+    if min(roi.GetSize()) < 3:
+        return None, None
+    lo = np.array(image.TransformPhysicalPointToIndex(roi.GetOrigin()), dtype=int)
     return roi, lo
 
 

@@ -409,15 +409,15 @@ def _write_parameter_map(pmap, path: Path) -> None:
 
 
 def _crop(image: sitk.Image, center_xyz, half_mm: float) -> sitk.Image | None:
-    """Axis-aligned crop (in index space) of ``image`` around a world point."""
-    sp = np.array(image.GetSpacing())
-    c = np.array(image.TransformPhysicalPointToContinuousIndex([float(v) for v in center_xyz]))
-    half = np.ceil(half_mm / sp)
-    lo = np.maximum(np.floor(c - half), 0).astype(int)
-    hi = np.minimum(np.ceil(c + half) + 1, image.GetSize()).astype(int)
-    if np.any(hi - lo < 2):
+    """:func:`nodulegrowth.io.crop`, or ``None`` when the point is outside or the crop is degenerate."""
+    from .errors import GeometryError
+    from .io import crop
+
+    try:
+        roi = crop(image, center_xyz, half_mm)
+    except GeometryError:
         return None
-    return sitk.RegionOfInterest(image, [int(v) for v in hi - lo], [int(v) for v in lo])
+    return roi if min(roi.GetSize()) >= 2 else None
 
 
 def _run_elastix(itk, fixed, moving, params, fixed_mask, threads, workdir):
