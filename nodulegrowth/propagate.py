@@ -38,6 +38,7 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
+from . import _morph
 from .errors import GeometryError
 
 __all__ = [
@@ -302,13 +303,8 @@ def _crop_array(image: sitk.Image, center_xyz: np.ndarray, half_mm: float):
 
 
 def _ball_opening(fg: np.ndarray, spacing: np.ndarray, radius_mm: float) -> np.ndarray:
-    """Opening by a ball of ``radius_mm`` via two Euclidean distance transforms."""
-    if radius_mm <= 0:
-        return fg
-    core = ndi.distance_transform_edt(fg, sampling=spacing) > radius_mm
-    if not core.any():
-        return core
-    return (ndi.distance_transform_edt(~core, sampling=spacing) <= radius_mm) & fg
+    """Opening by a ball of ``radius_mm`` (mm)."""
+    return _morph.ball_opening(fg, radius_mm, spacing)
 
 
 def _local_lung(dark: np.ndarray, spacing: np.ndarray, radius_mm: float) -> np.ndarray:
@@ -318,11 +314,7 @@ def _local_lung(dark: np.ndarray, spacing: np.ndarray, radius_mm: float) -> np.n
     juxtapleural nodule makes in the pleural surface, so the nodule can be
     cut from the chest wall at the repaired pleura.
     """
-    pad = int(np.ceil(radius_mm / spacing.min())) + 1
-    d = np.pad(dark, pad, mode="edge")
-    dil = ndi.distance_transform_edt(~d, sampling=spacing) <= radius_mm
-    closed = ndi.distance_transform_edt(dil, sampling=spacing) > radius_mm
-    closed = closed[pad:-pad, pad:-pad, pad:-pad] | dark
+    closed = _morph.ball_closing(dark, radius_mm, spacing, pad_edge=True) | dark
     return ndi.binary_fill_holes(closed)
 
 
@@ -512,7 +504,7 @@ def reidentify(moving: sitk.Image, propagated_xyz, *, reference=None,
         lab, n = ndi.label(opened)
         if not n:
             continue
-        dt = ndi.distance_transform_edt(opened, sampling=spacing)
+        dt = _morph.edt(opened, spacing)
         for i, sl in enumerate(ndi.find_objects(lab), start=1):
             if sl is None:
                 continue

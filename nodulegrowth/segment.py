@@ -79,6 +79,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
+from . import _morph
 from .errors import SegmentationError
 
 __all__ = ["Segmentation", "segment_nodule", "NODULE_TYPES", "LOCATIONS"]
@@ -196,29 +197,22 @@ def _values_in_ball(img: np.ndarray, center, radius_mm: float, sp: np.ndarray):
 
 def _distance_to(mask: np.ndarray, sp) -> np.ndarray:
     """Distance (mm) from every voxel to the nearest voxel of ``mask``."""
-    if not mask.any():
-        return np.full(mask.shape, np.inf)
-    return ndimage.distance_transform_edt(~mask, sampling=sp)
+    return _morph.distance_to(mask, sp)
 
 
 def _opening(mask: np.ndarray, r_mm: float, sp) -> np.ndarray:
-    """Morphological opening by a ball of radius ``r_mm`` via distance transforms."""
-    inner = ndimage.distance_transform_edt(mask, sampling=sp) > r_mm
-    return (_distance_to(inner, sp) <= r_mm) & mask
+    """Morphological opening by a ball of radius ``r_mm`` (mm)."""
+    return _morph.ball_opening(mask, r_mm, sp)
 
 
 def _closing(mask: np.ndarray, r_mm: float, sp) -> np.ndarray:
-    """Morphological closing by a ball of radius ``r_mm`` via distance transforms.
+    """Morphological closing by a ball of radius ``r_mm`` (mm).
 
     The mask is first extended beyond the VOI by replicating its border (the
     chest wall and the lung continue outside the crop); without it, a ball
     larger than the wall's thickness inside the VOI would close over the wall.
     """
-    pad = [(int(math.ceil(r_mm / s)) + 1,) * 2 for s in sp]
-    m = np.pad(mask, pad, mode="edge")
-    dil = _distance_to(m, sp) <= r_mm
-    out = ndimage.distance_transform_edt(dil, sampling=sp) > r_mm
-    return out[tuple(slice(p[0], p[0] + n) for p, n in zip(pad, mask.shape))]
+    return _morph.ball_closing(mask, r_mm, sp, pad_edge=True)
 
 
 def _component_at(mask: np.ndarray, seed, conn=_CONN6) -> np.ndarray:
@@ -373,18 +367,20 @@ def segment_nodule(volume_hu, spacing_zyx, seed_zyx, *, lung_mask=None, nodule_t
         if not dense[seed]:
             return np.zeros_like(dense), dense, np.zeros_like(dense), 0.0
         comp0 = _component_at(dense, seed)
-        r_in = float(ndimage.distance_transform_edt(
-            _pad_box(comp0, seed, sp), sampling=sp)[_box_center(comp0, seed, sp)])
-        r_in = max(r_in, inplane)
+        d_box = _morph.edt(_pad_box(comp0, seed, sp), sp)
+        r_in = max(float(d_box[_box_center(comp0, seed, sp)]), inplane)
         # chest wall: outside the lung (mask and/or the closed air-like region)
-        air = ~dense
+        # only the air around the nodule (its lung) is closed: air outside the
+        # body or in the other lung would let the ball bridge a chest wall
+        # thinner than its diameter and put the wall "inside the lung"
+        air = _air_around(~dense, seed, r_in + max(2.0, 2.0 * inplane), sp)
         lung_closed = _closing(air, 2.5 * r_in + 3.0, sp)
         inside = lung_closed if lung is None else (lung_closed | lung)
         wall = ~inside
         cand = dense & ~wall
         if t < solid_level:
             # the nodule's largest inscribed ball (the seed may be off-centre)
-            r_nod = max(r_in, float(ndimage.distance_transform_edt(_pad_box(comp0, seed, sp), sampling=sp).max()))
+            r_nod = max(r_in, float(d_box.max()))
             cand &= ~_far_reaching_solid(sm, solid_level, seed, sp, 2.0 * r_nod + 2.0)
             if not cand[seed]:
                 cand = dense & ~wall
@@ -410,7 +406,7 @@ def segment_nodule(volume_hu, spacing_zyx, seed_zyx, *, lung_mask=None, nodule_t
         # reference: the largest inscribed ball of the mask (the nodule's, not a
         # vessel's), at least the one at the seed
         sub = np.pad(m[sl], 1)
-        r_ref = max(r_in, float(ndimage.distance_transform_edt(sub, sampling=sp).max()))
+        r_ref = max(r_in, float(_morph.edt(sub, sp).max()))
         # an ellipsoid of aspect 2.5 has r_v / r_in = 2.5^(1/3) = 1.36 and extent
         # 5 r_in; a vessel or wall carried along exceeds one of them. A false
         # alarm only costs a look; a silent leak costs a wrong volume.
@@ -572,6 +568,26 @@ def segment_nodule(volume_hu, spacing_zyx, seed_zyx, *, lung_mask=None, nodule_t
     )
 
 
+def _air_around(air: np.ndarray, seed, radius_mm: float, sp) -> np.ndarray:
+    """Connected components of ``air`` with a voxel within ``radius_mm`` of the seed.
+
+    The nearest non-dense voxel is :math:`r_{in}` from the seed, so a radius a
+    little larger than :math:`r_{in}` reaches the lung around the nodule but
+    not air behind the chest wall. Falls back to all of ``air`` when no
+    component is that close (the seed is then not in a nodule in the lung,
+    and the caller's other checks report it).
+    """
+    off, _ = _values_in_ball(air, seed, radius_mm, sp)
+    near = np.zeros_like(air)
+    near[off[:, 0], off[:, 1], off[:, 2]] = True
+    near &= air
+    if not near.any():
+        return air
+    lab, _ = ndimage.label(air, structure=_CONN6)
+    keep = np.unique(lab[near])
+    return np.isin(lab, keep[keep > 0])
+
+
 def _pad_box(comp: np.ndarray, seed, sp) -> np.ndarray:
     """Sub-box of ``comp`` around the seed (bounded), padded with background."""
     sl = _box(comp, seed, sp)
@@ -679,7 +695,7 @@ def _pv_threshold(sm, mask, dense, wall, G, sp, inplane, *, two_tissue: bool):
         # the deepest voxels (within 1 mm of the largest inscribed distance):
         # for a small nodule blur lowers everything but its very centre, so a
         # median over a larger interior would underestimate the tissue level
-        d_in = ndimage.distance_transform_edt(mask, sampling=sp)
+        d_in = _morph.edt(mask, sp)
         g_in = float(np.median(sm[d_in >= d_in.max() - 1.0]))
     sp_inplane = np.array([1e4, sp[1], sp[2]])
     d_out = _distance_to(region, sp_inplane)
