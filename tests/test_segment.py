@@ -182,6 +182,24 @@ def test_juxtapleural_nodule_separated_from_wall(spacing, with_lung_mask):
     assert abs(volume_mm3(seg.mask, spacing) / v_true - 1) < 2 * rel_tol(spacing, r)
 
 
+@pytest.mark.parametrize("spacing", [(1.0, 0.7, 0.7), (2.5, 0.8, 0.8)])
+@pytest.mark.parametrize("wall_mm", [12.0, 18.0])
+def test_juxtapleural_nodule_behind_a_thin_chest_wall(spacing, wall_mm):
+    # lung | chest wall (muscle) | air outside the body. A rolling ball wider
+    # than the wall, rolled over all the air in the VOI, bridges the wall and
+    # lets the nodule grow into it (seen on a full-size phantom: 51 mL for a
+    # 1.3 mL nodule). Only the lung around the nodule may be closed.
+    r = 6.0
+    wall = (lambda z, y, x: (x >= r) & (x < r + wall_mm), 40.0)
+    outside = (lambda z, y, x: x >= r + wall_mm, -1000.0)
+    img, c = render([wall, outside, (ball(r), SOLID)], spacing, size_mm=56.0, seed=9, offset=(0.0, 0.0, 8.0))
+    seg = segment_nodule(img, spacing, c)
+    assert seg.location == "juxtapleural"
+    assert "segmentation_leak" not in seg.flags and "touches_roi_border" not in seg.flags
+    v_true = 4 / 3 * math.pi * r ** 3
+    assert abs(volume_mm3(seg.mask, spacing) / v_true - 1) < 2 * rel_tol(spacing, r)
+
+
 def test_leak_is_flagged_never_silent():
     # a "nodule" that is really a thick tube through the VOI cannot be separated
     sp = (1.0, 0.7, 0.7)
