@@ -160,7 +160,8 @@ class Reidentification:
         A point inside the T2 nodule (LPS mm) for the segmentation step.
     center_xyz : ndarray (3,) or None
         The T2 nodule's centre (LPS mm): centroid of its segmentation when
-        :mod:`nodulegrowth.segment` is available, else of the candidate blob.
+        :mod:`nodulegrowth.segment` is available and did not flag a leak,
+        else of the candidate blob.
     score : float
         Score of the chosen candidate (0 when not found).
     candidates : tuple of Candidate
@@ -302,11 +303,6 @@ def _crop_array(image: sitk.Image, center_xyz: np.ndarray, half_mm: float):
     return roi, lo
 
 
-def _ball_opening(fg: np.ndarray, spacing: np.ndarray, radius_mm: float) -> np.ndarray:
-    """Opening by a ball of ``radius_mm`` (mm)."""
-    return _morph.ball_opening(fg, radius_mm, spacing)
-
-
 def _local_lung(dark: np.ndarray, spacing: np.ndarray, radius_mm: float) -> np.ndarray:
     """Lung region of a VOI: the dark region closed by a ball (rolling ball).
 
@@ -344,6 +340,10 @@ def _segment_center(moving, seed_xyz, lung_mask, half_mm):
         return None
     m = np.asarray(seg.mask, bool)
     if not m.any() or not m[tuple(np.clip(np.round(seed_zyx).astype(int), 0, np.array(m.shape) - 1))]:
+        return None
+    if "segmentation_leak" in seg.flags:
+        # the centroid of a mask that ran into a vessel or the wall is not the
+        # nodule's; the candidate's own centre is the better estimate
         return None
     c = np.argwhere(m).mean(axis=0)[::-1]
     return np.array(roi.TransformContinuousIndexToPhysicalPoint([float(v) for v in c]))
@@ -395,7 +395,8 @@ def reidentify(moving: sitk.Image, propagated_xyz, *, reference=None,
     5. the best candidate with :math:`s \\ge 0.01` is the T2 nodule; its
        centre is the centroid of its segmentation
        (:func:`nodulegrowth.segment.segment_nodule` on an 80 mm VOI, when
-       available and ``use_segmentation``), else of the candidate. A second
+       available and ``use_segmentation``, unless it flags
+       ``segmentation_leak``), else of the candidate. A second
        candidate with at least half the best score makes it ambiguous.
 
     Parameters
@@ -499,8 +500,11 @@ def reidentify(moving: sitk.Image, propagated_xyz, *, reference=None,
     q_idx = np.array(roi.TransformPhysicalPointToContinuousIndex([float(v) for v in q]))[::-1]
     raw = []
     for thr, rho in ((t, r) for t in levels for r in rhos):
-        fg = (vol > thr) & lm
-        opened = _ball_opening(fg, spacing, rho)
+        if rho == rhos[0]:
+            fg = (vol > thr) & lm
+            d_fg = _morph.edt(fg, spacing)  # shared by the openings of this level
+        core = d_fg > rho
+        opened = (_morph.distance_to(core, spacing) <= rho) & fg if core.any() else core
         lab, n = ndi.label(opened)
         if not n:
             continue

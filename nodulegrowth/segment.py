@@ -20,8 +20,9 @@ surrounding lung. Every threshold is derived from the image itself:
    region by a ball somewhat larger than the nodule (the classic rolling-ball
    correction, which puts a juxtapleural nodule inside the lung but leaves the
    flat chest wall outside).
-6. **Vessels**: at a ground-glass threshold, solid-density structures that
-   reach beyond twice the nodule's largest inscribed radius (+2 mm) from the seed are
+6. **Vessels**: at a ground-glass threshold, structures denser than solid
+   tissue or clearly denser than the nodule's core (by max(5 noise SD, 25 % of
+   its contrast)) that reach beyond twice the nodule's largest inscribed radius (+2 mm) from the seed are
    vessels and are excluded first; then a morphological opening with a ball
    of 0.45 times the nodule's inscribed radius (the distance from the seed to
    the nearest background voxel) removes attached structures thinner than
@@ -49,14 +50,18 @@ surrounding lung. Every threshold is derived from the image itself:
    whose mask volume equals the partial-volume volume
    :math:`\\sum_i (I_i - P_{loc}) / (G_{in} - P_{loc})` over the mask and a
    1.5 mm shell (other structures excluded), clamped to the central half of
-   the contrast; the mask is re-opened to keep vessel stubs out.
+   the contrast; the mask is regrown at that threshold without the
+   structures that were not part of the region at :math:`t` and re-opened to
+   keep vessel stubs out.
 
 QC flags (for the contract's ``qc_flags``): ``touches_pleura`` (the mask
 touches the chest wall), ``touches_roi_border``, ``segmentation_leak`` (the mask
 is much larger or longer than the nodule's inscribed sphere predicts, or
 touches the VOI border, or its axial cross-section is more than 3:1
 elongated -- a region grown along a vessel that the opening could not cut,
-typically at voxels of about 3 mm), ``seed_outside_nodule`` (the given seed voxel is not
+typically at voxels of about 3 mm -- or an attached structure that the
+opening had to cut is at least 0.45 times as thick as the nodule, so that no
+opening separates it reliably), ``seed_outside_nodule`` (the given seed voxel is not
 in the final mask), ``low_contrast_nodule`` (contrast below 5 noise SD).
 
 References
@@ -95,6 +100,9 @@ _CONN6 = ndimage.generate_binary_structure(3, 1)
 # grid quantization (0.95-1.2 measured on blurred solid spheres, PSF sigma
 # 0.6-2 mm, 0.7-3.3 mm voxels).
 _RIM_ASYMMETRY = 1.3
+# opening ball radius as a fraction of the nodule's inscribed radius (step 6):
+# a sphere survives it whole, vessels thinner than the ball come off
+_OPENING_FACTOR = 0.45
 
 
 @dataclass(frozen=True)
@@ -381,7 +389,17 @@ def segment_nodule(volume_hu, spacing_zyx, seed_zyx, *, lung_mask=None, nodule_t
         if t < solid_level:
             # the nodule's largest inscribed ball (the seed may be off-centre)
             r_nod = max(r_in, float(d_box.max()))
-            cand &= ~_far_reaching_solid(sm, solid_level, seed, sp, 2.0 * r_nod + 2.0)
+            # vessels are denser than ground glass; a thin one is blurred below
+            # the solid level and breaks up there, so the pieces near the
+            # nodule would not reach far. Structures clearly denser than this
+            # nodule's own core count as well.
+            vessel_level = min(solid_level, C + max(5.0 * sigma_s, 0.25 * (C - P)))
+            if t >= vessel_level:  # the seed's own region is that dense: not ground glass
+                vessel_level = solid_level
+            # the chest wall is not a vessel (and is excluded anyway): a solid
+            # core next to it must not reach "far" through it
+            cand &= ~_far_reaching_solid(np.where(wall, -np.inf, sm), vessel_level, seed, sp, 2.0 * r_nod + 2.0,
+                                         dilate=vessel_level >= solid_level)
             if not cand[seed]:
                 cand = dense & ~wall
         comp = _component_at(cand, seed)
@@ -434,7 +452,7 @@ def segment_nodule(volume_hu, spacing_zyx, seed_zyx, *, lung_mask=None, nodule_t
         comp, dense, wall, r_in = grow(t)
         if not comp.any():
             return comp, comp, dense, wall, r_in, False
-        m = separate(comp, r_in, 0.45)
+        m = separate(comp, r_in, _OPENING_FACTOR)
         leak = looks_leaky(m, r_in)
         for factor in (0.7, 0.9):
             if not leak:
@@ -464,7 +482,10 @@ def segment_nodule(volume_hu, spacing_zyx, seed_zyx, *, lung_mask=None, nodule_t
         # ... and, since the blur tail grows with the PSF, the edge must not
         # be a symmetric (blurred step) edge: see _edge_asymmetry
         rim_seen = rim_level is not None and rim_level >= rim_needed \
-            and _edge_asymmetry(sm, wall, mask, P, C, sp) >= _RIM_ASYMMETRY
+            and _edge_asymmetry(sm, wall, mask, P, C, sp, inplane=inplane,
+                                others=_attached_structures(dense & ~mask & ~wall, _distance_to(mask, sp), inplane,
+                                                            min_reach_mm=1.5 * inplane)) \
+            >= _RIM_ASYMMETRY
         if rim_level is not None and (rim_seen or nodule_type == "part_solid") \
                 and rim_level < solid_level and rim_level > P + 3.0 * sigma_s:
             G = rim_level
@@ -501,12 +522,16 @@ def segment_nodule(volume_hu, spacing_zyx, seed_zyx, *, lung_mask=None, nodule_t
     # edge contrast.
     t_pv = _pv_threshold(sm, mask, dense, wall, G, sp, inplane, two_tissue=ntype == "part_solid")
     if t_pv is not None and abs(t_pv - t) > 1e-6:
-        comp_pv = _component_at((sm >= t_pv) & ~wall & _near(mask, sp, inplane), seed)
+        # structures that were not part of the grown region at t (vessels
+        # cut off as far-reaching solid, neighbours) stay out: at the lower
+        # threshold their blurred flanks would join the nodule again
+        blocked = dense & ~comp & ~mask
+        comp_pv = _component_at((sm >= t_pv) & ~wall & ~blocked & _near(mask, sp, inplane), seed)
         if comp_pv.any():
             grown = ndimage.binary_fill_holes(comp_pv)
             # a lower threshold thickens the vessel stubs again: re-open with the
             # same ball, reconstructing one voxel so the opening shaves no surface
-            r_o = 0.45 * r_in
+            r_o = _OPENING_FACTOR * r_in
             if r_o >= 0.75 * inplane:
                 opened = _opening(grown, r_o, sp)
                 if opened.any():
@@ -528,19 +553,15 @@ def segment_nodule(volume_hu, spacing_zyx, seed_zyx, *, lung_mask=None, nodule_t
         # juxtavascular: a dense non-wall structure attached to the nodule (cut
         # off by the opening) or passing within about a voxel of its surface
         # (blur and thick slices may hide a narrow contact)
-        others = (sm >= t) & ~mask & ~wall
-        if others.any():
-            d_mask = _distance_to(mask, sp)
-            close = others & (d_mask <= max(1.0, 1.5 * inplane))
-            if close.any():
-                lab, _ = ndimage.label(others, structure=_CONN6)
-                touching = np.unique(lab[close])
-                touching = touching[touching > 0]
-                # it must reach well away from the surface: the opening also
-                # shaves off single boundary voxels, and noise makes specks
-                reach = ndimage.maximum(d_mask, lab, touching)
-                if np.any(np.asarray(reach) >= max(1.5, 2.0 * inplane)):
-                    location = "juxtavascular"
+        d_mask = _distance_to(mask, sp)
+        attached = _attached_structures((sm >= t) & ~mask & ~wall, d_mask, inplane)
+        if attached.any():
+            location = "juxtavascular"
+            # only what the opening had to cut (it grew with the nodule); a
+            # vessel kept out by its density is separated whatever its thickness
+            cut = attached & comp
+            if cut.any() and _thick_attachment(mask, cut, d_mask, sp):
+                leak = True
     border = np.zeros_like(mask)
     border[[0, -1], :, :] = True
     border[:, [0, -1], :] = True
@@ -675,11 +696,18 @@ def _pv_threshold(sm, mask, dense, wall, G, sp, inplane, *, two_tissue: bool):
     over the region :math:`R` (the mask grown by one slice and
     max(1.5 mm, 2 voxels) in-plane, minus other dense structures and the chest
     wall). The smoothed image :math:`I_\sigma` is used because Gaussian
-    smoothing preserves the integral while reducing noise; :math:`f_i` is not
-    clipped, so noise averages out, except above 1 for a part-solid nodule
-    (``two_tissue``), whose solid voxels would otherwise count more than once.
-    :math:`G_{in}` is the median of the mask's deepest voxels, within 1 mm
-    of its largest inscribed distance (``G`` for a part-solid nodule) and :math:`P_{loc}` the median of an in-plane ring
+    smoothing preserves the integral while reducing noise; :math:`f_i` is
+    clipped at 1.2 (a vessel or calcification inside the mask is one voxel of
+    nodule, not several; noise still averages out below that), and at 1 for a
+    part-solid nodule (``two_tissue``), whose solid voxels would otherwise
+    count more than once. Faint structures above a quarter of the contrast
+    that continue beyond :math:`R` (a thin vessel blurred below the "dense"
+    threshold) are left out of :math:`R`.
+    :math:`G_{in}` is the median of the mask's deepest voxels, within
+    :math:`w = \mathrm{clip}(D_{max}/2, 0.5, 1)` mm of its largest inscribed
+    distance :math:`D_{max}` (at least 7 voxels; a small nodule has no
+    interior plateau, and a 1 mm band would reach down its blurred edge)
+    (``G`` for a part-solid nodule), and :math:`P_{loc}` the median of an in-plane ring
     within 2 mm outside :math:`R`. The threshold is the :math:`V_{PV}/v`-th
     largest value of :math:`I_\sigma` in :math:`R`, clamped to the central
     half of the edge contrast.
@@ -696,7 +724,10 @@ def _pv_threshold(sm, mask, dense, wall, G, sp, inplane, *, two_tissue: bool):
         # for a small nodule blur lowers everything but its very centre, so a
         # median over a larger interior would underestimate the tissue level
         d_in = _morph.edt(mask, sp)
-        g_in = float(np.median(sm[d_in >= d_in.max() - 1.0]))
+        depth = d_in[mask]
+        w = min(max(0.5 * float(depth.max()), 0.5), 1.0)
+        band = depth >= min(depth.max() - w, np.sort(depth)[-min(7, depth.size)])
+        g_in = float(np.median(sm[mask][band]))
     sp_inplane = np.array([1e4, sp[1], sp[2]])
     d_out = _distance_to(region, sp_inplane)
     ring = (d_out > 0) & (d_out <= 2.0) & ~others & ~dense
@@ -705,9 +736,24 @@ def _pv_threshold(sm, mask, dense, wall, G, sp, inplane, *, two_tissue: bool):
     p_loc = float(np.median(sm[ring]))
     if not g_in > p_loc:
         return None
+    # faint structures (a thin vessel blurred below the threshold that
+    # defines "dense") would add their partial volume to the sum: what
+    # stands above a quarter of the contrast outside the mask's first voxel
+    # layer and continues beyond the region is not the nodule's edge
+    faint = (sm >= p_loc + 0.25 * (g_in - p_loc)) & ~ndimage.binary_dilation(mask, _CONN6)
+    if faint.any():
+        lab, _ = ndimage.label(faint, structure=_CONN6)
+        ids = np.unique(lab[faint & ~region])
+        ids = ids[ids > 0]
+        if ids.size:
+            region = region & ~np.isin(lab, ids)
     frac = (sm[region] - p_loc) / (g_in - p_loc)
-    if two_tissue:
-        frac = np.minimum(frac, 1.0)
+    # a voxel denser than the nodule's tissue by more than the noise (a
+    # vessel or calcification inside the mask, the solid core of a
+    # part-solid nodule) is still one voxel of nodule, not several; 1.2 is
+    # several noise SDs of the smoothed image above 1 for any contrast the
+    # segmentation accepts, so noise still averages out
+    frac = np.minimum(frac, 1.0 if two_tissue else 1.2)
     n = int(round(float(frac.sum())))
     vals = np.sort(sm[region])[::-1]
     if n < 1 or n > vals.size:
@@ -717,13 +763,16 @@ def _pv_threshold(sm, mask, dense, wall, G, sp, inplane, *, two_tissue: bool):
     return float(min(max(t_pv, lo), hi))
 
 
-def _far_reaching_solid(sm, solid_level, seed, sp, reach_mm):
-    """Solid-density structures reaching farther than ``reach_mm`` from the seed.
+def _far_reaching_solid(sm, solid_level, seed, sp, reach_mm, *, dilate=True):
+    """Structures above ``solid_level`` reaching farther than ``reach_mm`` from the seed.
 
     At a ground-glass threshold, vessels (far denser than ground glass) would
     carry the region along them; a solid core of a part-solid nodule stays
-    within the nodule. Returned dilated by one voxel to take their
-    partial-volume rim as well.
+    within the nodule. With ``dilate`` (a level at solid density, high on the
+    vessel's edge) they are returned dilated by one voxel to take their
+    partial-volume rim as well; at a level just above the nodule's own
+    density that rim is already inside, and a dilation would cut into the
+    nodule where the vessel touches it.
     """
     solid = sm >= solid_level
     if not solid.any():
@@ -733,7 +782,50 @@ def _far_reaching_solid(sm, solid_level, seed, sp, reach_mm):
     dist2 = sum(((idx[a] - seed[a]) * float(sp[a])) ** 2 for a in range(3))
     far = np.asarray(ndimage.maximum(dist2, lab, np.arange(1, n + 1))) > reach_mm ** 2
     out = np.isin(lab, np.arange(1, n + 1)[far])
-    return ndimage.binary_dilation(out, ndimage.generate_binary_structure(3, 3))
+    return ndimage.binary_dilation(out, ndimage.generate_binary_structure(3, 3) if dilate else _CONN6)
+
+
+def _attached_structures(others: np.ndarray, d_mask: np.ndarray, inplane: float, *,
+                         min_reach_mm: float | None = None) -> np.ndarray:
+    """Components of ``others`` that touch the mask and reach well away from it.
+
+    Touching: a voxel within max(1 mm, 1.5 voxels) of the mask (blur and thick
+    slices may hide a narrow contact). Reaching: a voxel at least
+    max(1.5 mm, 2 voxels) from it (or ``min_reach_mm``) -- the opening also
+    shaves single voxels off the nodule's surface, and noise makes specks;
+    neither is a vessel. ``d_mask`` is the distance (mm) to the mask.
+    """
+    close = others & (d_mask <= max(1.0, 1.5 * inplane))
+    if not close.any():
+        return np.zeros_like(others)
+    lab, _ = ndimage.label(others, structure=_CONN6)
+    touching = np.unique(lab[close])
+    touching = touching[touching > 0]
+    reach = np.atleast_1d(ndimage.maximum(d_mask, lab, touching))
+    if min_reach_mm is None:
+        min_reach_mm = max(1.5, 2.0 * inplane)
+    return np.isin(lab, touching[reach >= min_reach_mm])
+
+
+def _thick_attachment(mask, attached, d_mask, sp, ratio=_OPENING_FACTOR) -> bool:
+    r"""True when an attached structure is too thick to be cut off by the opening.
+
+    .. math:: r_v \ge 0.45\, r_n
+
+    with :math:`r_v` the largest inscribed radius of the attached structures
+    within 3 mm of the mask (the vessel where it meets the nodule, not a
+    larger trunk further away) and :math:`r_n` the mask's largest inscribed
+    radius. The opening by :math:`0.45\, r_{in}` (step 6) detaches only
+    structures thinner than its ball [1]_; a vessel as thick as that may stay
+    attached, or the larger balls of the retries may have eroded the nodule,
+    so the boundary there is a guess and is flagged.
+    """
+    near = attached & (d_mask <= 3.0)
+    if not near.any():
+        return False
+    r_v = float(_morph.edt(np.pad(attached, 1), sp)[1:-1, 1:-1, 1:-1][near].max())
+    r_n = float(_morph.edt(np.pad(mask, 1), sp).max())
+    return r_v >= ratio * r_n
 
 
 def _elongated_like_vessel(mask, sp, hu, t, inplane, max_ratio=0.3):
@@ -759,7 +851,7 @@ def _elongated_like_vessel(mask, sp, hu, t, inplane, max_ratio=0.3):
     return bool(ax.long_mm > 3.0 * inplane and ax.short_mm < max_ratio * ax.long_mm)
 
 
-def _edge_asymmetry(sm, wall, mask, P, C, sp):
+def _edge_asymmetry(sm, wall, mask, P, C, sp, *, others=None, inplane=None):
     r"""Outer-to-inner spread of the nodule edge, from its volume-threshold curve.
 
     .. math::
@@ -773,12 +865,31 @@ def _edge_asymmetry(sm, wall, mask, P, C, sp):
     (the edge-spread function is point-symmetric about its 50 % level); a
     ground-glass rim of thickness :math:`w` adds about :math:`w` to the
     numerator only. Returns 0 when the curve is degenerate.
+
+    ``others`` (dense structures outside the nodule: vessels cut off by the
+    opening) are left out of all three regions with a margin of
+    max(1.5 mm, 1.5 voxels) for their blur: at the 15 % level a vessel's
+    blurred flank would otherwise join the nodule's and pass for a rim.
     """
     seed = np.unravel_index(int(np.argmax(np.where(mask, sm, -np.inf))), sm.shape)
     near = _distance_to(mask, sp) <= 12.0
+    if others is not None and others.any():
+        margin = max(1.5, 1.5 * (inplane if inplane is not None else float(min(sp[1:]))))
+        near &= ~(_distance_to(others, sp) <= margin) | mask
     r = {}
+    h = inplane if inplane is not None else float(min(sp[1:]))
     for f in (0.15, 0.5, 0.85):
         comp = _component_at((sm >= P + f * (C - P)) & ~wall & near, seed)
+        r_open = max(1.5, 1.5 * h)
+        if f < 0.5 and r_open >= sp[0]:
+            # a thin vessel blurred below the solid level shows at the 15 %
+            # level as a tube joined to the nodule; a ground-glass rim is a
+            # shell around the core, which an opening by a small ball keeps.
+            # Not on slices thicker than the ball: the opening would then be
+            # per slice and take off the nodule's top and bottom slices.
+            opened = _opening(comp, r_open, sp)
+            if opened[seed]:
+                comp = _component_at(opened, seed)
         r[f] = (3.0 * float(comp.sum()) * float(np.prod(sp)) / (4.0 * math.pi)) ** (1.0 / 3.0)
     inner = r[0.5] - r[0.85]
     if inner <= 0:
