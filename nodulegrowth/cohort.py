@@ -58,7 +58,7 @@ CONTRACT_COLUMNS: tuple[str, ...] = (
 
 #: Optional columns written after the contract's (the contract allows extension).
 EXTRA_COLUMNS: tuple[str, ...] = (
-    "nodule_type", "location",
+    "nodule_type", "location", "t2_nodule_type", "t2_location",
     "growth_criterion", "growth_lung_rads_2022", "growth_fleischner_2017", "growth_nelson",
     "nelson_vdt_category",
     "volume_change_pct_lo95", "volume_change_pct_hi95", "vdt_days_lo95", "vdt_days_hi95",
@@ -81,7 +81,7 @@ _IJK = ("i", "j", "k")
 
 #: Bumped whenever a change of the pipeline changes its numbers; part of the
 #: resume key, so results of an older pipeline are never reused.
-PIPELINE_VERSION = "1"
+PIPELINE_VERSION = "2"
 
 
 # --------------------------------------------------------------------------
@@ -518,6 +518,12 @@ def _process_nodule(row: ManifestRow, t1: Any, t2: Any, mask1: Any, mask2: Any, 
     if reid.found:
         seg2, m2, voi2 = _segment_and_measure(t2.image, mask2, tuple(reid.seed_xyz), config, row, "T2")
         flags += [f for f in seg2.flags if f not in flags]
+        record["t2_nodule_type"], record["t2_location"] = seg2.nodule_type, seg2.location
+        if seg2.nodule_type != seg1.nodule_type:
+            # a real change (ground glass developing a solid component) or a
+            # misclassification at one time point: either way worth a look,
+            # and the growth criteria were applied with the T1 type
+            flags.append("nodule_type_changed")
         record.update(m2.as_dict("t2_"))
         if ref2 is not None:
             record["propagation_error_mm"] = float(np.linalg.norm(np.asarray(m2.center_xyz) - ref2))

@@ -75,6 +75,16 @@ def test_every_row_ok_and_complete(demo):
     np.testing.assert_allclose(table["vdt_days"], vdt, rtol=1e-4)
 
 
+def test_type_and_location_at_both_time_points(demo):
+    table = demo["table"]
+    types = {"solid", "part_solid", "ground_glass"}
+    assert set(table["nodule_type"]) <= types and set(table["t2_nodule_type"]) <= types
+    assert set(table["t2_location"]) <= {"isolated", "juxtavascular", "juxtapleural"}
+    changed = table["nodule_type"] != table["t2_nodule_type"]
+    flagged = table["qc_flags"].fillna("").str.split(";").apply(lambda f: "nodule_type_changed" in f)
+    assert list(changed) == list(flagged)
+
+
 def test_interval_from_manifest_and_from_dicom(demo):
     truth = pd.read_csv(DATA / "truth.csv", dtype={"patient_id": str, "nodule_id": str})
     merged = demo["table"].merge(truth, on=["patient_id", "nodule_id"], suffixes=("", "_true"))
@@ -95,15 +105,16 @@ def test_errors_against_truth_within_measured_bounds(demo):
     assert agree >= BOUNDS["growth_agreement_min"], e[["patient_id", "nodule_id", "growth", "growth_true"]]
 
 
-#: Measured on the sample cohort on 2026-11-25 (worst of T1/T2: centre 2.9 mm,
-#: volume median |error| 17.5 %, mean-diameter MAE 2.8 mm, growth agreement 3
-#: of 5). The known failures behind them at this coarse resolution: the
-#: part-solid nodule of PH00202 is segmented as little more than its solid core
-#: at T1 (rim of ~1.3 voxels), the juxtavascular nodule of PH00101 keeps a
-#: vessel (flagged `segmentation_leak`), and the stable ground-glass nodule of
-#: PH00101 is called grown (+1.8 mm, flagged `change_within_measurement_error`).
-#: These bounds stop regressions; they are not accuracy claims. Not to be loosened.
-BOUNDS = {"center_mm": 3.0, "volume_median_pct": 20.0, "mean_diameter_mean_abs_mm": 3.0,
+#: Measured on the sample cohort on 2026-11-25 after the segmentation changes
+#: of commit 0c92b9b (worst of T1/T2: centre 1.8 mm, volume median |error|
+#: 12.4 %, mean-diameter MAE 1.3 mm, growth agreement 3 of 5; before them
+#: 2.9 mm, 17.5 %, 2.8 mm, 3 of 5). What is left at this coarse resolution:
+#: the juxtavascular nodule of PH00101 keeps part of a vessel at T1 (+25 %,
+#: flagged `segmentation_leak`), the stable ground-glass nodule of PH00101 is
+#: called grown and the stable juxtapleural nodule of PH00202 shrunk (both
+#: flagged `change_within_measurement_error`). These bounds stop regressions;
+#: they are not accuracy claims. Not to be loosened.
+BOUNDS = {"center_mm": 2.5, "volume_median_pct": 15.0, "mean_diameter_mean_abs_mm": 2.0,
           "growth_agreement_min": 3}
 
 
