@@ -437,8 +437,10 @@ def main(argv=None):
                 print(f"{kind:13s} vol median abs err (>= 6 mm): {np.median(np.abs(big['vol_err_pct'])):.2f} %  "
                       f"long MAE {np.mean(np.abs(sel['long_err'])):.2f} mm  "
                       f"mean-diam MAE {np.mean(np.abs(sel['mean_err'])):.2f} mm  (n={len(sel)})")
+        big_thin = thin[thin["diameter"] >= 6]
         for k in G.CRITERIA:
             print(f"growth agreement {k:15s}: thin {100 * thin[f'agree_{k}'].mean():.1f} %  "
+                  f"(thin, >= 6 mm: {100 * big_thin[f'agree_{k}'].mean():.1f} %)  "
                   f"all {100 * ok[f'agree_{k}'].mean():.1f} %")
         print(f"failed cases: {(acc['failed'] != '').sum()} of {len(acc)}")
         for f in acc.loc[acc["failed"] != "", "failed"].head(5):
