@@ -264,6 +264,11 @@ def accuracy(n_per_cell, rng, types, bands, thicknesses, locations):
     return pd.DataFrame(rows)
 
 
+def _silent(d: pd.DataFrame) -> int:
+    """Cases over-segmented by more than 50 % without a ``segmentation_leak`` flag."""
+    return int(((d["vol_err_pct"] > 50) & ~d["leak_flag"]).sum())
+
+
 def _categories(d1, d2, v1, v2, interval):
     return {name: (rule(d1, d2, interval) if kindr == "diameter" else rule(v1, v2, interval))
             for name, (kindr, rule) in G.CRITERIA.items()}
@@ -399,6 +404,8 @@ def main(argv=None):
                     help="write the fitted model to nodulegrowth/params/uncertainty_model.csv")
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--skip-repeatability", action="store_true")
+    ap.add_argument("--from-csv", type=Path, help="re-print the accuracy tables of an earlier run's "
+                    "<prefix>_accuracy.csv instead of running it")
     ap.add_argument("--phantom-seeds", nargs="*", type=int, default=[],
                     help="also check on nodulegrowth.phantom.make_pair(seed) pairs (slow for 'full')")
     ap.add_argument("--phantom-preset", default="full", choices=["small", "full"])
@@ -412,10 +419,17 @@ def main(argv=None):
     pd.set_option("display.max_columns", 40)
     pd.set_option("display.max_rows", 500)
     t0 = time.time()
-    if not args.skip_accuracy:
+    if args.from_csv:
+        acc = pd.read_csv(args.from_csv, keep_default_na=False, na_values=[""])
+        acc["failed"] = acc["failed"].fillna("")
+        for c in ("type_ok", "loc_ok", "leak_flag") + tuple(f"agree_{k}" for k in G.CRITERIA):
+            acc[c] = acc[c].astype(str) == "True"
+        args.skip_repeatability = True
+    elif not args.skip_accuracy:
         acc = accuracy(args.n, rng, args.types, SIZE_BANDS, args.thickness, LOCATIONS)
         if args.csv:
             acc.to_csv(f"{args.csv}_accuracy.csv", index=False)
+    if args.from_csv or not args.skip_accuracy:
         print("\n== Accuracy by type x size band (mm) x slice thickness (mm); errors vs analytic truth ==")
         print(summarise(acc).to_string())
         ok = acc[acc["failed"] == ""]
@@ -425,8 +439,11 @@ def main(argv=None):
             "n": g.size(), "vol_med_abs_%": g["vol_err_pct"].apply(lambda v: np.median(np.abs(v))),
             "mean_mae": g["mean_err"].apply(lambda v: np.mean(np.abs(v))),
             "loc_ok_%": 100 * g["loc_ok"].mean(), "leak_flag_%": 100 * g["leak_flag"].mean(),
-            "silent_vol_err>50%": g.apply(lambda d: int(((d["vol_err_pct"].abs() > 50) & ~d["leak_flag"]).sum()),
-                                          include_groups=False),
+            # a leak is over-segmentation; under-segmentation (a part-solid
+            # nodule taken for its core) is counted apart
+            "silent_over+50%_thin": g.apply(lambda d: _silent(d[d["thickness"] <= 1.25]), include_groups=False),
+            "silent_over+50%_thick": g.apply(lambda d: _silent(d[d["thickness"] > 1.25]), include_groups=False),
+            "under-50%": g.apply(lambda d: int((d["vol_err_pct"] < -50).sum()), include_groups=False),
         }).round(2).to_string())
         thin = ok[ok["thickness"] <= 1.25]
         print("\n== Targets (slices <= 1.25 mm) ==")
