@@ -486,7 +486,8 @@ def _process_nodule(row: ManifestRow, t1: Any, t2: Any, mask1: Any, mask2: Any, 
     elif row.t2_index is not None:
         ref2 = np.asarray(io.native_index_to_world(t2.info, row.t2_index), float)
 
-    seg1, m1, voi1 = _segment_and_measure(t1.image, mask1, p1, config, row, "T1")
+    seg1, m1, voi1 = _segment_and_measure(t1.image, mask1, p1, config, row, "T1",
+                                          expected_diameter_mm=row.t1_diameter_mm)
     flags += [f for f in seg1.flags]
     prop = propagate.propagate_point(reg, t1.image, t2.image, m1.center_xyz)
     flags += list(prop.flags)
@@ -516,7 +517,10 @@ def _process_nodule(row: ManifestRow, t1: Any, t2: Any, mask1: Any, mask2: Any, 
 
     seg2 = m2 = voi2 = None
     if reid.found:
-        seg2, m2, voi2 = _segment_and_measure(t2.image, mask2, tuple(reid.seed_xyz), config, row, "T2")
+        # sized from the T1 volume, as reidentify sized its own segmentation
+        d1 = 2.0 * (3.0 * m1.volume_mm3 / (4.0 * math.pi)) ** (1.0 / 3.0)
+        seg2, m2, voi2 = _segment_and_measure(t2.image, mask2, tuple(reid.seed_xyz), config, row, "T2",
+                                              expected_diameter_mm=d1)
         flags += [f for f in seg2.flags if f not in flags]
         record["t2_nodule_type"], record["t2_location"] = seg2.nodule_type, seg2.location
         if seg2.nodule_type != seg1.nodule_type:
@@ -551,21 +555,32 @@ def _process_nodule(row: ManifestRow, t1: Any, t2: Any, mask1: Any, mask2: Any, 
 
 
 def _segment_and_measure(image: Any, lung_mask: Any, point_xyz: Sequence[float],
-                         config: PipelineConfig, row: ManifestRow, when: str):
-    """Crop a VOI around ``point_xyz`` (LPS mm), segment and measure the nodule."""
+                         config: PipelineConfig, row: ManifestRow, when: str,
+                         expected_diameter_mm: float | None = None):
+    """Crop a VOI around ``point_xyz`` (LPS mm), segment and measure the nodule.
+
+    The VOI is sized for the expected diameter (:func:`segment.voi_half_size_mm`,
+    at most ``config.voi_half_size_mm``) and enlarged to that maximum when the
+    mask reaches its border.
+    """
     import numpy as np
     import SimpleITK as sitk
 
     from . import io, measure, segment
 
-    voi = io.crop(image, point_xyz, config.voi_half_size_mm)
-    lung_voi = sitk.Resample(lung_mask, voi, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-    hu = sitk.GetArrayFromImage(voi)
-    spacing_zyx = tuple(voi.GetSpacing()[::-1])
-    seed_ijk = io.world_to_index(voi, point_xyz)
-    seed_zyx = tuple(float(v) for v in np.asarray(seed_ijk)[::-1])
-    seg = segment.segment_nodule(hu, spacing_zyx, seed_zyx,
-                                 lung_mask=sitk.GetArrayFromImage(lung_voi).astype(bool))
+    largest = config.voi_half_size_mm
+    first = segment.voi_half_size_mm(expected_diameter_mm, inplane_voxel_mm=min(image.GetSpacing()[:2]))
+    for half in dict.fromkeys((min(first, largest), largest)):
+        voi = io.crop(image, point_xyz, half)
+        lung_voi = sitk.Resample(lung_mask, voi, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+        hu = sitk.GetArrayFromImage(voi)
+        spacing_zyx = tuple(voi.GetSpacing()[::-1])
+        seed_ijk = io.world_to_index(voi, point_xyz)
+        seed_zyx = tuple(float(v) for v in np.asarray(seed_ijk)[::-1])
+        seg = segment.segment_nodule(hu, spacing_zyx, seed_zyx,
+                                     lung_mask=sitk.GetArrayFromImage(lung_voi).astype(bool))
+        if "touches_roi_border" not in seg.flags:
+            break
     m = measure.measure_nodule(seg.mask, spacing_zyx, origin_xyz=voi.GetOrigin(),
                                direction=voi.GetDirection(), hu=hu, solid_mask=seg.solid_mask)
     return seg, m, voi

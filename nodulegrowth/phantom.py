@@ -255,7 +255,7 @@ class NoduleSpec:
     >>> NoduleSpec(diameter_mm=50.0).validate()
     Traceback (most recent call last):
     ...
-    nodulegrowth.phantom.PhantomSpecError: nodule: diameter_mm=50.0 outside [4, 30] mm
+    nodulegrowth.errors.PhantomSpecError: nodule: diameter_mm=50.0 outside [4, 30] mm
     """
 
     kind: str | None = None

@@ -314,30 +314,35 @@ def _local_lung(dark: np.ndarray, spacing: np.ndarray, radius_mm: float) -> np.n
     return ndi.binary_fill_holes(closed)
 
 
-def _segment_center(moving, seed_xyz, lung_mask, half_mm):
+def _segment_center(moving, seed_xyz, lung_mask, expected_diameter_mm):
     """Centroid (LPS mm) of segment.segment_nodule's mask at a seed, or None.
 
-    The segmentation gets its own VOI (``half_mm`` around the seed), as large
-    as the segmentation step of the pipeline uses, so the centre found here
-    is the one the pipeline will measure.
+    The segmentation gets its own VOI around the seed, sized as the
+    pipeline's T2 segmentation sizes it (:func:`segment.voi_half_size_mm`, the
+    largest VOI if the mask reaches the border), so the centre found here is
+    the one the pipeline will measure.
     """
     try:
-        from .segment import segment_nodule
+        from .segment import MAX_VOI_HALF_SIZE_MM, segment_nodule, voi_half_size_mm
     except ImportError:
         return None
-    roi, lo = _crop_array(moving, seed_xyz, half_mm)
-    if roi is None:
-        return None
-    vol = sitk.GetArrayFromImage(roi).astype(np.float32)
-    sp = np.array(roi.GetSpacing()[::-1], float)
-    lung = None
-    if lung_mask is not None:
-        lung = sitk.GetArrayFromImage(sitk.RegionOfInterest(lung_mask, roi.GetSize(), [int(v) for v in lo])) > 0
-    seed_zyx = np.array(roi.TransformPhysicalPointToContinuousIndex([float(v) for v in seed_xyz]))[::-1]
-    try:
-        seg = segment_nodule(vol, tuple(sp), tuple(float(v) for v in seed_zyx), lung_mask=lung)
-    except Exception:  # noqa: BLE001 - a failed segmentation falls back to the blob
-        return None
+    half = voi_half_size_mm(expected_diameter_mm, inplane_voxel_mm=min(moving.GetSpacing()[:2]))
+    for half_mm in dict.fromkeys((half, MAX_VOI_HALF_SIZE_MM)):
+        roi, lo = _crop_array(moving, seed_xyz, half_mm)
+        if roi is None:
+            return None
+        vol = sitk.GetArrayFromImage(roi).astype(np.float32)
+        sp = np.array(roi.GetSpacing()[::-1], float)
+        lung = None
+        if lung_mask is not None:
+            lung = sitk.GetArrayFromImage(sitk.RegionOfInterest(lung_mask, roi.GetSize(), [int(v) for v in lo])) > 0
+        seed_zyx = np.array(roi.TransformPhysicalPointToContinuousIndex([float(v) for v in seed_xyz]))[::-1]
+        try:
+            seg = segment_nodule(vol, tuple(sp), tuple(float(v) for v in seed_zyx), lung_mask=lung)
+        except Exception:  # noqa: BLE001 - a failed segmentation falls back to the blob
+            return None
+        if "touches_roi_border" not in seg.flags:
+            break
     m = np.asarray(seg.mask, bool)
     if not m.any() or not m[tuple(np.clip(np.round(seed_zyx).astype(int), 0, np.array(m.shape) - 1))]:
         return None
@@ -394,7 +399,8 @@ def reidentify(moving: sitk.Image, propagated_xyz, *, reference=None,
        :math:`\\max(r_1/2, 2)` mm to a better one are dropped);
     5. the best candidate with :math:`s \\ge 0.01` is the T2 nodule; its
        centre is the centroid of its segmentation
-       (:func:`nodulegrowth.segment.segment_nodule` on an 80 mm VOI, when
+       (:func:`nodulegrowth.segment.segment_nodule` in a VOI sized by
+       :func:`nodulegrowth.segment.voi_half_size_mm` from the T1 size, when
        available and ``use_segmentation``, unless it flags
        ``segmentation_leak``), else of the candidate. A second
        candidate with at least half the best score makes it ambiguous.
@@ -558,7 +564,7 @@ def reidentify(moving: sitk.Image, propagated_xyz, *, reference=None,
         flags.append("reidentification_ambiguous")
     center = best.center_xyz
     if use_segmentation:
-        seg_c = _segment_center(moving, best.seed_xyz, lung_mask, max(40.0, 2.0 * r1 + 10.0))
+        seg_c = _segment_center(moving, best.seed_xyz, lung_mask, 2.0 * r1 if v1 else None)
         if seg_c is not None:
             center = seg_c
     if np.linalg.norm(center - q) > LARGE_RESIDUAL_MM:
