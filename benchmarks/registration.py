@@ -161,7 +161,7 @@ def worker(method: str, pair_dir: Path, threads: int | None) -> dict:
 
     import SimpleITK as sitk
 
-    from nodulegrowth.lung import lung_mask
+    from nodulegrowth.lung import lung_masks
     from nodulegrowth.propagate import propagate_point, reidentify
     from nodulegrowth.register import register_pair
 
@@ -170,8 +170,7 @@ def worker(method: str, pair_dir: Path, threads: int | None) -> dict:
     t1 = sitk.ReadImage(str(pair_dir / "T1.mha"), sitk.sitkFloat32)
     t2 = sitk.ReadImage(str(pair_dir / "T2.mha"), sitk.sitkFloat32)
     t_read = time.perf_counter() - t0
-    m1 = lung_mask(t1)
-    m2 = lung_mask(t2)
+    m1, m2 = lung_masks([t1, t2], max_workers=threads or 2)  # as the pipeline does
     t_mask = time.perf_counter() - t0 - t_read
     qc = {}
     if method == "ours":

@@ -441,8 +441,7 @@ def process_pair(task: PairTask, config: PipelineConfig, out_dir: str | os.PathL
             for note in scan.info.notes:
                 log.warning("%s: %s", scan.info.source, note)
         loaded = time.perf_counter()
-        mask1 = lung.lung_mask(t1.image)
-        mask2 = lung.lung_mask(t2.image)
+        mask1, mask2 = lung.lung_masks([t1.image, t2.image], max_workers=config.threads or 2)
         masked = time.perf_counter()
         workdir = out_dir / "registration" / task.key if config.write_registration else None
         reg = register.register_pair(t1.image, t2.image, fixed_mask=mask1, moving_mask=mask2,

@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from nodulegrowth.errors import LungMaskError
-from nodulegrowth.lung import body_mask, lung_mask, lung_threshold_hu
+from nodulegrowth.lung import body_mask, lung_mask, lung_masks, lung_threshold_hu
 
 
 def chest(spacing_zyx=(2.5, 1.5, 1.5), shape=(64, 160, 192), lung_hu=-850.0, noise=20.0, seed=0,
@@ -171,3 +171,21 @@ def test_lungs_joined_by_a_bridge_are_split_and_mediastinum_not_filled():
     mediastinum[:, :, nx // 2 + 4:] = False
     mediastinum &= ndi.binary_dilation(truth["lungs"], iterations=12)
     assert (m & mediastinum).sum() < 0.01 * mediastinum.sum()
+
+
+@pytest.mark.parametrize("max_workers", [1, 2])
+def test_lung_masks_of_a_pair_equal_one_by_one_and_in_order(max_workers):
+    img1, _ = chest(lung_hu=-850.0, seed=1)
+    img2, _ = chest(lung_hu=-780.0, seed=2)
+    ms = lung_masks([img1, img2], max_workers=max_workers)
+    for m, img in zip(ms, (img1, img2)):
+        np.testing.assert_array_equal(sitk.GetArrayViewFromImage(m), sitk.GetArrayViewFromImage(lung_mask(img)))
+
+
+def test_lung_masks_raise_for_the_bad_image():
+    arr = np.full((30, 64, 64), -1000.0, np.float32)
+    arr[:, 8:56, 8:56] = 40.0
+    no_lung = sitk.GetImageFromArray(arr)
+    no_lung.SetSpacing((1.5, 1.5, 2.5))
+    with pytest.raises(LungMaskError, match="chest CT"):
+        lung_masks([chest()[0], no_lung])
