@@ -162,16 +162,20 @@ def test_juxtavascular_nodule_vessel_removed(spacing, direction):
     assert abs(volume_mm3(seg.mask, spacing) / v_true - 1) < 2 * rel_tol(spacing, r)
 
 
+def segment_nodule_on_vessel(r, rv, nodule_hu, sp=(1.0, 0.7, 0.7)):
+    """Ball of radius ``r`` touching (0.3 mm overlap) a solid vessel of radius ``rv``, segmented."""
+    vessel = (cylinder(rv, (0.0, 0.0, r + rv - 0.3), (0.3, 1.0, 0.2)), SOLID + 10.0)
+    img, c = render([vessel, (ball(r), nodule_hu)], sp, size_mm=36.0, seed=3)
+    return segment_nodule(img, sp, c), sp
+
+
 @pytest.mark.parametrize("r, rv", [(2.2, 1.2), (2.5, 1.2), (2.5, 1.5), (3.0, 1.5)])
 def test_small_nodule_on_a_vessel_as_thick_as_the_opening_is_flagged(r, rv):
     # a 4.4-6 mm solid nodule touching a vessel of 2.4-3 mm: no opening can
     # take the vessel off without eroding the nodule (measured before the
     # flag existed: +45 to +137 % volume, silent). The boundary is a guess:
     # it must be flagged.
-    sp = (1.0, 0.7, 0.7)
-    vessel = (cylinder(rv, (0.0, 0.0, r + rv - 0.3), (0.3, 1.0, 0.2)), SOLID + 10.0)
-    img, c = render([vessel, (ball(r), SOLID)], sp, size_mm=36.0, seed=3)
-    seg = segment_nodule(img, sp, c)
+    seg, _ = segment_nodule_on_vessel(r, rv, SOLID)
     assert seg.location == "juxtavascular"
     assert "segmentation_leak" in seg.flags
 
@@ -182,10 +186,7 @@ def test_ground_glass_nodule_on_a_thin_solid_vessel(r, rv):
     # a thin vessel is blurred below the solid level and breaks up there; the
     # pieces near the nodule used to be grown into it (+76 to +104 % for
     # r = 3, rv = 0.9). Denser than the nodule's own core, they are vessel.
-    sp = (1.0, 0.7, 0.7)
-    vessel = (cylinder(rv, (0.0, 0.0, r + rv - 0.3), (0.3, 1.0, 0.2)), SOLID + 10.0)
-    img, c = render([vessel, (ball(r), GGO)], sp, size_mm=36.0, seed=3)
-    seg = segment_nodule(img, sp, c)
+    seg, sp = segment_nodule_on_vessel(r, rv, GGO)
     assert seg.nodule_type == "ground_glass"
     assert seg.location == "juxtavascular"
     v_true = 4 / 3 * math.pi * r ** 3
