@@ -252,11 +252,7 @@ def accuracy(n_per_cell, rng, types, bands, thicknesses, locations):
                                 leak_flag="segmentation_leak" in s1.flags,
                                 vol_err2_pct=100 * (m2.volume_mm3 / v2 - 1),
                             )
-                            truth = _categories((l1 + sh1) / 2, (l2 + sh2) / 2, v1, v2, interval)
-                            meas = _categories(m1.mean_diameter_mm, m2.mean_diameter_mm,
-                                               m1.volume_mm3, m2.volume_mm3, interval)
-                            for k in truth:
-                                row[f"agree_{k}"] = truth[k] == meas[k]
+                            row.update(_agreement(((l1 + sh1) / 2, (l2 + sh2) / 2, v1, v2), (m1, m2), interval))
                             row["failed"] = ""
                         except NoduleGrowthError as e:
                             row["failed"] = str(e)
@@ -267,6 +263,14 @@ def accuracy(n_per_cell, rng, types, bands, thicknesses, locations):
 def _silent(d: pd.DataFrame) -> int:
     """Cases over-segmented by more than 50 % without a ``segmentation_leak`` flag."""
     return int(((d["vol_err_pct"] > 50) & ~d["leak_flag"]).sum())
+
+
+def _agreement(true_d1_d2_v1_v2, measured, interval) -> dict:
+    """``agree_<criterion>``: the category from the measurements (m1, m2) equals the true one."""
+    truth = _categories(*true_d1_d2_v1_v2, interval)
+    m1, m2 = measured
+    meas = _categories(m1.mean_diameter_mm, m2.mean_diameter_mm, m1.volume_mm3, m2.volume_mm3, interval)
+    return {f"agree_{k}": truth[k] == meas[k] for k in truth}
 
 
 def _categories(d1, d2, v1, v2, interval):
@@ -377,12 +381,8 @@ def phantom_check(seeds, preset, nodules=None):
                                 f"{tp}_mean_err": m.mean_diameter_mm - r[f"{tp}_mean_diameter_mm"],
                                 f"{tp}_type": seg.nodule_type, f"{tp}_flags": ";".join(seg.flags),
                                 f"{tp}_center_err": float(np.linalg.norm(np.subtract(m.center_xyz, c)))})
-                truth = _categories(r["t1_mean_diameter_mm"], r["t2_mean_diameter_mm"], r["t1_volume_mm3"],
-                                    r["t2_volume_mm3"], r["interval_days"])
-                meas = _categories(ms[0].mean_diameter_mm, ms[1].mean_diameter_mm, ms[0].volume_mm3,
-                                   ms[1].volume_mm3, r["interval_days"])
-                for k in truth:
-                    row[f"agree_{k}"] = truth[k] == meas[k]
+                row.update(_agreement((r["t1_mean_diameter_mm"], r["t2_mean_diameter_mm"], r["t1_volume_mm3"],
+                                       r["t2_volume_mm3"]), ms, r["interval_days"]))
                 row["failed"] = ""
             except NoduleGrowthError as e:
                 row["failed"] = str(e)

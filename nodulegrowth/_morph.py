@@ -77,9 +77,9 @@ def ball_closing(mask: np.ndarray, radius_mm: float, spacing, *, pad_edge: bool 
     With ``pad_edge`` the mask is first extended beyond the array by
     replicating its border: anatomy (the lung, the chest wall) continues
     outside a crop, and without it a ball larger than a structure's thickness
-    inside the crop would close over it. The result does not contain
-    ``mask`` by construction at the grid level; callers that need
-    :math:`M \subseteq \mathrm{closing}(M)` exactly should OR it in.
+    inside the crop would close over it. On a grid the two thresholded
+    distance maps can drop a voxel of ``mask`` at a sharp corner; callers
+    that need :math:`M \subseteq \mathrm{closing}(M)` should OR it in.
     """
     m = np.asarray(mask, dtype=bool)
     if radius_mm <= 0:

@@ -513,14 +513,15 @@ def segment_nodule(volume_hu, spacing_zyx, seed_zyx, *, lung_mask=None, nodule_t
     # --- ground-glass rim around a solid core ------------------------------
     if C >= solid_level and nodule_type in (None, "part_solid"):
         rim_level = _rim_level(sm, mask, dense, wall, sp, inplane)
+        d_mask = _distance_to(mask, sp)
         # a rim must stand clearly above both the noise and the blur tail of a
         # solid edge (below 10 % of the contrast at 1 mm for a PSF sigma <= 0.8 mm)
         rim_needed = P + max(4.0 * sigma_s, 0.15 * (C - P))
         # ... and, since the blur tail grows with the PSF, the edge must not
         # be a symmetric (blurred step) edge: see _edge_asymmetry
         rim_seen = rim_level is not None and rim_level >= rim_needed \
-            and _edge_asymmetry(sm, wall, mask, P, C, sp, inplane=inplane,
-                                others=_attached_structures(dense & ~mask & ~wall, _distance_to(mask, sp), inplane,
+            and _edge_asymmetry(sm, wall, mask, P, C, sp, inplane=inplane, d_mask=d_mask,
+                                others=_attached_structures(dense & ~mask & ~wall, d_mask, inplane,
                                                             min_reach_mm=1.5 * inplane)) \
             >= _RIM_ASYMMETRY
         if rim_level is not None and (rim_seen or nodule_type == "part_solid") \
@@ -888,7 +889,7 @@ def _elongated_like_vessel(mask, sp, hu, t, inplane, max_ratio=0.3):
     return bool(ax.long_mm > 3.0 * inplane and ax.short_mm < max_ratio * ax.long_mm)
 
 
-def _edge_asymmetry(sm, wall, mask, P, C, sp, *, others=None, inplane=None):
+def _edge_asymmetry(sm, wall, mask, P, C, sp, *, others=None, inplane=None, d_mask=None):
     r"""Outer-to-inner spread of the nodule edge, from its volume-threshold curve.
 
     .. math::
@@ -907,9 +908,11 @@ def _edge_asymmetry(sm, wall, mask, P, C, sp, *, others=None, inplane=None):
     opening) are left out of all three regions with a margin of
     max(1.5 mm, 1.5 voxels) for their blur: at the 15 % level a vessel's
     blurred flank would otherwise join the nodule's and pass for a rim.
+    ``d_mask``, the distance (mm) to ``mask`` when the caller has it, saves
+    computing it again.
     """
     seed = np.unravel_index(int(np.argmax(np.where(mask, sm, -np.inf))), sm.shape)
-    near = _distance_to(mask, sp) <= 12.0
+    near = (_distance_to(mask, sp) if d_mask is None else d_mask) <= 12.0
     if others is not None and others.any():
         margin = max(1.5, 1.5 * (inplane if inplane is not None else float(min(sp[1:]))))
         near &= ~(_distance_to(others, sp) <= margin) | mask
