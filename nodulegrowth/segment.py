@@ -9,7 +9,11 @@ surrounding lung. Every threshold is derived from the image itself:
    below the mode (dense tissue does not contaminate that side).
 2. **Seed refinement**: if the clicked voxel is not denser than halfway
    between :math:`P` and the local maximum within 2 mm, the seed moves to that
-   maximum (the click was beside a small nodule).
+   maximum (the click was beside a small nodule). If the nodule grown from
+   there does not contain the click while the click itself lies in a
+   structure, the segmentation is made again from the click (beside the
+   chest wall or a vessel, the densest voxel near a faint nodule is the wall
+   or the vessel).
 3. **Core level** :math:`C`: 95th percentile of the lightly smoothed image in
    a 1.5 mm ball around the seed.
 4. **Threshold** at the midpoint :math:`t = (P + C) / 2`, so the boundary lies
@@ -377,6 +381,24 @@ def segment_nodule(volume_hu, spacing_zyx, seed_zyx, *, lung_mask=None, nodule_t
     True
     """
     vol, sp, seed0, lung = _check_inputs(volume_hu, spacing_zyx, seed_zyx, lung_mask, nodule_type)
+    seg = _segment(vol, sp, seed0, lung, nodule_type, refine_seed=True)
+    if "seed_outside_nodule" in seg.flags and seg.seed_zyx != seed0:
+        # The refined seed is the densest voxel near the click. Beside the
+        # chest wall or a vessel that can be the wall or the vessel rather than
+        # a faint nodule; when the click itself lies in a structure, that
+        # structure is the nodule the reader marked.
+        try:
+            at_click = _segment(vol, sp, seed0, lung, nodule_type, refine_seed=False)
+        except SegmentationError:
+            at_click = None
+        if at_click is not None and at_click.mask[seed0] and "segmentation_leak" not in at_click.flags:
+            seg = at_click
+    return seg
+
+
+def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool) -> Segmentation:
+    """The body of :func:`segment_nodule` on checked inputs; ``refine_seed``
+    allows the move to the densest voxel within 2 mm (step 1)."""
     flags: list[str] = []
     inplane = float(min(sp[1], sp[2]))
     # light smoothing suppresses noise for region growing without moving a
@@ -392,7 +414,7 @@ def segment_nodule(volume_hu, spacing_zyx, seed_zyx, *, lung_mask=None, nodule_t
     off, vals = _values_in_ball(sm, seed0, max(2.0, 1.5 * inplane), sp)
     local_max = float(vals.max())
     seed = seed0
-    if sm[seed0] < P + 0.5 * (local_max - P):
+    if refine_seed and sm[seed0] < P + 0.5 * (local_max - P):
         seed = tuple(int(v) for v in off[int(np.argmax(vals))])
     _, core_vals = _values_in_ball(sm, seed, max(1.5, inplane), sp)
     C = float(np.percentile(core_vals, 95))
