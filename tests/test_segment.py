@@ -136,6 +136,20 @@ def test_part_solid_nodule(seed_on):
     assert GGO < seg.solid_threshold_hu < SOLID
 
 
+@pytest.mark.parametrize("spacing, r, r_core", [
+    ((1.0, 0.7, 0.7), 4.0, 2.0), ((0.6, 0.5, 0.5), 3.5, 1.75), ((1.25, 0.7, 0.7), 3.5, 1.5),
+])
+def test_small_part_solid_nodule_with_a_thin_rim(spacing, r, r_core):
+    # a rim of 1.5-2 mm has no plateau under the blur: its median read the
+    # ground-glass level 100 HU low and the nodule came out +17 to +51 %;
+    # a core blurred below halfway to water was not found as a solid part
+    img, c = render([(ball(r), GGO), (ball(r_core), SOLID)], spacing, seed=1)
+    seg = segment_nodule(img, spacing, c)
+    assert seg.nodule_type == "part_solid"
+    assert seg.solid_mask is not None and seg.solid_mask[tuple(int(round(v)) for v in c)]
+    assert abs(volume_mm3(seg.mask, spacing) / (4 / 3 * math.pi * r ** 3) - 1) < 0.15
+
+
 def test_forced_nodule_type():
     sp = (1.0, 0.7, 0.7)
     img, c = render([(ball(4.0), SOLID)], sp, seed=5)
@@ -249,16 +263,14 @@ def test_juxtapleural_nodule_behind_a_thin_chest_wall(spacing, wall_mm):
     assert abs(volume_mm3(seg.mask, spacing) / v_true - 1) < 2 * rel_tol(spacing, r)
 
 
-@pytest.mark.parametrize("spacing, toward_wall_mm", [
-    ((1.0, 0.7, 0.7), 0.0), ((1.0, 0.7, 0.7), 1.0), ((0.6, 0.5, 0.5), 0.0),
-    pytest.param((0.6, 0.5, 0.5), 1.0, marks=pytest.mark.xfail(
-        strict=True, reason="known: the core level (95th percentile within 1.5 mm of the click) takes in the "
-        "wall's blurred edge, the nodule is typed solid and under-segmented")),
-])
+@pytest.mark.parametrize("spacing", [(1.0, 0.7, 0.7), (0.6, 0.5, 0.5)])
+@pytest.mark.parametrize("toward_wall_mm", [0.0, 1.0])
 def test_small_ground_glass_nodule_on_the_chest_wall_is_not_swapped_for_the_wall(spacing, toward_wall_mm):
     # The densest voxel within 2 mm of a click in a 5 mm ground-glass nodule
     # that touches the chest wall is in the wall: growing from it segmented
-    # the wall (x250 the volume, seen in benchmarks/measurement.py).
+    # the wall (x250 the volume, seen in benchmarks/measurement.py); from the
+    # click, the 95th percentile of the 1.5 mm ball still took in the wall's
+    # blurred edge and typed the nodule solid (-43 %).
     r = 2.5
     wall = (lambda z, y, x: x >= r, 40.0)
     img, c = render([wall, (ball(r), GGO)], spacing, seed=12)
