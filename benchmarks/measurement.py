@@ -251,6 +251,13 @@ def accuracy(n_per_cell, rng, types, bands, thicknesses, locations):
                                 loc_ok=s1.location == loc,
                                 leak_flag="segmentation_leak" in s1.flags,
                                 vol_err2_pct=100 * (m2.volume_mm3 / v2 - 1),
+                                mean_err2=m2.mean_diameter_mm - (l2 + sh2) / 2,
+                                type_ok2=s2.nodule_type == kind,
+                                leak_flag2="segmentation_leak" in s2.flags,
+                                # errors of the change itself: what the growth rules read
+                                mean_change_err=(m2.mean_diameter_mm - m1.mean_diameter_mm)
+                                - ((l2 + sh2) / 2 - (l1 + sh1) / 2),
+                                vol_ratio_err_pct=100 * ((m2.volume_mm3 / m1.volume_mm3) / (v2 / v1) - 1),
                             )
                             row.update(_agreement(((l1 + sh1) / 2, (l2 + sh2) / 2, v1, v2), (m1, m2), interval))
                             row["failed"] = ""
@@ -261,8 +268,12 @@ def accuracy(n_per_cell, rng, types, bands, thicknesses, locations):
 
 
 def _silent(d: pd.DataFrame) -> int:
-    """Cases over-segmented by more than 50 % without a ``segmentation_leak`` flag."""
-    return int(((d["vol_err_pct"] > 50) & ~d["leak_flag"]).sum())
+    """Scans over-segmented by more than 50 % without a ``segmentation_leak`` flag
+    (T1 and, when the run recorded them, T2 scans)."""
+    n = int(((d["vol_err_pct"] > 50) & ~d["leak_flag"]).sum())
+    if "leak_flag2" in d:
+        n += int(((d["vol_err2_pct"] > 50) & ~d["leak_flag2"]).sum())
+    return n
 
 
 def _agreement(true_d1_d2_v1_v2, measured, interval) -> dict:
@@ -422,8 +433,9 @@ def main(argv=None):
     if args.from_csv:
         acc = pd.read_csv(args.from_csv, keep_default_na=False, na_values=[""])
         acc["failed"] = acc["failed"].fillna("")
-        for c in ("type_ok", "loc_ok", "leak_flag") + tuple(f"agree_{k}" for k in G.CRITERIA):
-            acc[c] = acc[c].astype(str) == "True"
+        for c in ("type_ok", "loc_ok", "leak_flag", "type_ok2", "leak_flag2") + tuple(f"agree_{k}" for k in G.CRITERIA):
+            if c in acc:  # runs before the T2 columns lack some
+                acc[c] = acc[c].astype(str) == "True"
         args.skip_repeatability = True
     elif not args.skip_accuracy:
         acc = accuracy(args.n, rng, args.types, SIZE_BANDS, args.thickness, LOCATIONS)
@@ -443,7 +455,9 @@ def main(argv=None):
             # nodule taken for its core) is counted apart
             "silent_over+50%_thin": g.apply(lambda d: _silent(d[d["thickness"] <= 1.25]), include_groups=False),
             "silent_over+50%_thick": g.apply(lambda d: _silent(d[d["thickness"] > 1.25]), include_groups=False),
-            "under-50%": g.apply(lambda d: int((d["vol_err_pct"] < -50).sum()), include_groups=False),
+            "under-50%": g.apply(lambda d: int((d["vol_err_pct"] < -50).sum()
+                                               + ((d["vol_err2_pct"] < -50).sum() if "leak_flag2" in d else 0)),
+                                 include_groups=False),
         }).round(2).to_string())
         thin = ok[ok["thickness"] <= 1.25]
         print("\n== Targets (slices <= 1.25 mm) ==")
@@ -455,6 +469,13 @@ def main(argv=None):
                       f"long MAE {np.mean(np.abs(sel['long_err'])):.2f} mm  "
                       f"mean-diam MAE {np.mean(np.abs(sel['mean_err'])):.2f} mm  (n={len(sel)})")
         big_thin = thin[thin["diameter"] >= 6]
+        if "mean_change_err" in thin:
+            for label, sel in (("all sizes", thin), (">= 6 mm", big_thin)):
+                print(f"change error, thin, {label:9s}: mean diameter MAE {np.mean(np.abs(sel['mean_change_err'])):.2f} mm"
+                      f" (p90 {np.percentile(np.abs(sel['mean_change_err']), 90):.2f}), volume ratio median abs "
+                      f"{np.median(np.abs(sel['vol_ratio_err_pct'])):.2f} % (p90 "
+                      f"{np.percentile(np.abs(sel['vol_ratio_err_pct']), 90):.1f}), typed right at T1 and T2 "
+                      f"{100 * (sel['type_ok'] & sel['type_ok2']).mean():.1f} %")
         for k in G.CRITERIA:
             print(f"growth agreement {k:15s}: thin {100 * thin[f'agree_{k}'].mean():.1f} %  "
                   f"(thin, >= 6 mm: {100 * big_thin[f'agree_{k}'].mean():.1f} %)  "
