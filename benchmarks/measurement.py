@@ -270,9 +270,11 @@ def accuracy(n_per_cell, rng, types, bands, thicknesses, locations):
 def _silent(d: pd.DataFrame) -> int:
     """Scans over-segmented by more than 50 % without a ``segmentation_leak`` flag
     (T1 and, when the run recorded them, T2 scans)."""
-    n = int(((d["vol_err_pct"] > 50) & ~d["leak_flag"]).sum())
+    # .eq(True): failed rows leave NaN, and ~ on such an object column is
+    # bitwise (~True == -2, truthy) rather than logical
+    n = int(((d["vol_err_pct"] > 50) & ~d["leak_flag"].eq(True)).sum())
     if "leak_flag2" in d:
-        n += int(((d["vol_err2_pct"] > 50) & ~d["leak_flag2"]).sum())
+        n += int(((d["vol_err2_pct"] > 50) & ~d["leak_flag2"].eq(True)).sum())
     return n
 
 
