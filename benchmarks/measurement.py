@@ -23,6 +23,10 @@ of the central axial cross-section of the ellipsoid (the ellipse of the 2x2
 block :math:`B` of its quadric, semi-axes :math:`1/\\sqrt{\\lambda(B)}`); the
 max 3-D diameter is :math:`2 \\max(a, b, c)`.
 
+Each pair is segmented as the pipeline does it: both scans on their own, then,
+when one is part-solid and the other not, the other again as part-solid
+(``nodulegrowth.cohort.harmonise_types``; column ``type_from_both``).
+
 Tables: by nodule type x size band x slice thickness, the median and 90th
 percentile of the absolute volume error (%), the mean absolute error of the
 long axis and mean diameter (mm), the growth-category agreement of each
@@ -52,6 +56,7 @@ sys.path.insert(0, str(ROOT))
 from nodulegrowth import growth as G  # noqa: E402
 from nodulegrowth.errors import NoduleGrowthError  # noqa: E402
 from nodulegrowth.measure import measure_nodule  # noqa: E402
+from nodulegrowth.cohort import harmonise_types  # noqa: E402
 from nodulegrowth.segment import segment_nodule  # noqa: E402
 
 TYPES = ("solid", "part_solid", "ground_glass")
@@ -210,8 +215,8 @@ def scan(scene, scale, thickness, rng):
     return img, spacing, tuple(click), o
 
 
-def measure_scan(img, spacing, click):
-    seg = segment_nodule(img, spacing, click)
+def measure_scan(img, spacing, click, nodule_type=None):
+    seg = segment_nodule(img, spacing, click, nodule_type=nodule_type)
     m = measure_nodule(seg.mask, spacing, hu=img, solid_mask=seg.solid_mask)
     return seg, m
 
@@ -233,13 +238,17 @@ def accuracy(n_per_cell, rng, types, bands, thicknesses, locations):
                         row = dict(kind=kind, band=f"{lo:g}-{hi:g}", thickness=thk, location=loc,
                                    diameter=d, ratio=ratio, interval=interval)
                         try:
-                            out = []
-                            for scale in (1.0, ratio ** (1 / 3)):
+                            res, truth, redo = [], [], {}
+                            for when, scale in (("T1", 1.0), ("T2", ratio ** (1 / 3))):
                                 img, sp, click, o = scan(scene, scale, thk, rng)
-                                seg, m = measure_scan(img, sp, click)
-                                t_long, t_short = o.axial_axes()
-                                out.append((seg, m, o, t_long, t_short))
-                            (s1, m1, o1, l1, sh1), (s2, m2, o2, l2, sh2) = out
+                                res.append((*measure_scan(img, sp, click), None))
+                                truth.append((o, *o.axial_axes()))
+                                redo[when] = (lambda t, a=(img, sp, click): (*measure_scan(*a, nodule_type=t), None))
+                            # one type for both time points, as the pipeline does
+                            r1, r2, more = harmonise_types(res[0], res[1], redo)
+                            row["type_from_both"] = bool(more)
+                            (s1, m1, _), (s2, m2, _) = r1, r2
+                            (o1, l1, sh1), (o2, l2, sh2) = truth
                             v1, v2 = o1.volume(), o2.volume()
                             row.update(
                                 vol_err_pct=100 * (m1.volume_mm3 / v1 - 1),

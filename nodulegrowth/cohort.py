@@ -81,7 +81,7 @@ _IJK = ("i", "j", "k")
 
 #: Bumped whenever a change of the pipeline changes its numbers; part of the
 #: resume key, so results of an older pipeline are never reused.
-PIPELINE_VERSION = "2"
+PIPELINE_VERSION = "3"
 
 
 # --------------------------------------------------------------------------
@@ -407,7 +407,10 @@ def process_pair(task: PairTask, config: PipelineConfig, out_dir: str | os.PathL
     Loads both scans once, extracts the lung masks, registers T2 (moving) onto
     T1 (fixed) once, then for every nodule row: segments and measures it at T1,
     propagates its centroid into T2, re-identifies and segments it there,
-    measures it, assesses growth and renders the check image.
+    measures it, assesses growth and renders the check image. When one time
+    point is part-solid and the other is not, the other is segmented as
+    part-solid as well (:func:`nodulegrowth.segment.joint_nodule_type`; flag
+    ``nodule_type_from_both_time_points``) unless that leaks.
 
     Never raises for bad data: an error of the pair fails all its rows, an
     error of one nodule fails that row only; each failed row carries a
@@ -499,6 +502,22 @@ def _process_nodule(row: ManifestRow, t1: Any, t2: Any, mask1: Any, mask2: Any, 
                                 lung_mask=mask2)
     flags += list(reid.flags)
 
+    seg2 = m2 = voi2 = None
+    if reid.found:
+        # sized from the T1 volume, as reidentify sized its own segmentation
+        d1 = 2.0 * (3.0 * m1.volume_mm3 / (4.0 * math.pi)) ** (1.0 / 3.0)
+        seg2, m2, voi2 = _segment_and_measure(t2.image, mask2, tuple(reid.seed_xyz), config, row, "T2",
+                                              expected_diameter_mm=d1)
+        flags += [f for f in seg2.flags if f not in flags]
+        redo = {
+            "T1": lambda t: _segment_and_measure(t1.image, mask1, p1, config, row, "T1",
+                                                 expected_diameter_mm=row.t1_diameter_mm, nodule_type=t),
+            "T2": lambda t: _segment_and_measure(t2.image, mask2, tuple(reid.seed_xyz), config, row, "T2",
+                                                 expected_diameter_mm=d1, nodule_type=t),
+        }
+        (seg1, m1, voi1), (seg2, m2, voi2), more = harmonise_types((seg1, m1, voi1), (seg2, m2, voi2), redo)
+        flags += [f for f in more if f not in flags]
+
     record: dict[str, Any] = {
         "patient_id": row.patient_id, "nodule_id": row.nodule_id, "diagnosis": row.diagnosis,
         "status": "ok", "error": "",
@@ -514,13 +533,7 @@ def _process_nodule(row: ManifestRow, t1: Any, t2: Any, mask1: Any, mask2: Any, 
         flags.append("no_scan_dates")
     record["interval_days"] = interval
 
-    seg2 = m2 = voi2 = None
-    if reid.found:
-        # sized from the T1 volume, as reidentify sized its own segmentation
-        d1 = 2.0 * (3.0 * m1.volume_mm3 / (4.0 * math.pi)) ** (1.0 / 3.0)
-        seg2, m2, voi2 = _segment_and_measure(t2.image, mask2, tuple(reid.seed_xyz), config, row, "T2",
-                                              expected_diameter_mm=d1)
-        flags += [f for f in seg2.flags if f not in flags]
+    if seg2 is not None:
         record["t2_nodule_type"], record["t2_location"] = seg2.nodule_type, seg2.location
         if seg2.nodule_type != seg1.nodule_type:
             # a real change (ground glass developing a solid component) or a
@@ -553,14 +566,49 @@ def _process_nodule(row: ManifestRow, t1: Any, t2: Any, mask1: Any, mask2: Any, 
     return record
 
 
+def harmonise_types(result1, result2, redo):
+    """Segment both time points with one type when one of them is part-solid.
+
+    Parameters
+    ----------
+    result1, result2 : tuple
+        ``(Segmentation, NoduleMeasurement, voi)`` at T1 and T2.
+    redo : mapping
+        ``{"T1": f, "T2": f}``, ``f(nodule_type)`` segmenting and measuring
+        that time point again with the type forced.
+
+    Returns
+    -------
+    tuple
+        ``(result1, result2, flags)``: the results to use and the QC flags of
+        the one redone plus ``nodule_type_from_both_time_points``, or the
+        inputs and no flags when the types agree, no rule applies
+        (:func:`nodulegrowth.segment.joint_nodule_type`) or the forced
+        segmentation leaks (then the two types stay different and
+        ``nodule_type_changed`` reports it).
+    """
+    from . import segment
+
+    joint = segment.joint_nodule_type(result1[0].nodule_type, result2[0].nodule_type)
+    if joint is None:
+        return result1, result2, []
+    which = "T1" if result1[0].nodule_type != joint else "T2"
+    alt = redo[which](joint)
+    if "segmentation_leak" in alt[0].flags:
+        return result1, result2, []
+    flags = [*alt[0].flags, "nodule_type_from_both_time_points"]
+    return (alt, result2, flags) if which == "T1" else (result1, alt, flags)
+
+
 def _segment_and_measure(image: Any, lung_mask: Any, point_xyz: Sequence[float],
                          config: PipelineConfig, row: ManifestRow, when: str,
-                         expected_diameter_mm: float | None = None):
+                         expected_diameter_mm: float | None = None, nodule_type: str | None = None):
     """Crop a VOI around ``point_xyz`` (LPS mm), segment and measure the nodule.
 
     The VOI is sized for the expected diameter (:func:`segment.voi_half_size_mm`,
     at most ``config.voi_half_size_mm``) and enlarged to that maximum when the
-    mask reaches its border.
+    mask reaches its border. ``nodule_type`` forces the type (see
+    :func:`nodulegrowth.segment.segment_nodule`).
     """
     import numpy as np
     import SimpleITK as sitk
@@ -577,7 +625,8 @@ def _segment_and_measure(image: Any, lung_mask: Any, point_xyz: Sequence[float],
         seed_ijk = io.world_to_index(voi, point_xyz)
         seed_zyx = tuple(float(v) for v in np.asarray(seed_ijk)[::-1])
         seg = segment.segment_nodule(hu, spacing_zyx, seed_zyx,
-                                     lung_mask=sitk.GetArrayFromImage(lung_voi).astype(bool))
+                                     lung_mask=sitk.GetArrayFromImage(lung_voi).astype(bool),
+                                     nodule_type=nodule_type)
         if "touches_roi_border" not in seg.flags:
             break
     m = measure.measure_nodule(seg.mask, spacing_zyx, origin_xyz=voi.GetOrigin(),

@@ -97,7 +97,7 @@ from skimage.filters import threshold_otsu
 from . import _morph
 from .errors import SegmentationError
 
-__all__ = ["Segmentation", "segment_nodule", "voi_half_size_mm", "NODULE_TYPES", "LOCATIONS"]
+__all__ = ["Segmentation", "segment_nodule", "joint_nodule_type", "voi_half_size_mm", "NODULE_TYPES", "LOCATIONS"]
 
 NODULE_TYPES = ("solid", "part_solid", "ground_glass")
 LOCATIONS = ("isolated", "juxtavascular", "juxtapleural")
@@ -294,6 +294,47 @@ def _lung_stats(img: np.ndarray, lung: np.ndarray | None):
 #: Largest VOI half-size (mm) the pipeline segments in: a 80 mm cube holds a
 #: 30 mm nodule with its surroundings.
 MAX_VOI_HALF_SIZE_MM = 40.0
+
+
+def joint_nodule_type(type1: str, type2: str) -> str | None:
+    """The type to segment both time points with when their typings disagree.
+
+    A ground-glass rim seen around a solid core at one time point makes the
+    nodule part-solid; at the other time point the rim may be too thin for the
+    blur to show it, and the core alone passes for a solid nodule (-55 % volume
+    on 6 mm part-solid phantoms in ``benchmarks/measurement.py``). Segmenting
+    that time point as part-solid measures the same object at both. For a
+    ground-glass nodule that developed a solid component, segmenting the
+    ground-glass time point as part-solid changes nothing but the label (no
+    core, so no rim step; flag ``no_solid_component_found``). A solid / ground-glass
+    disagreement has no such rule and is only reported.
+
+    Parameters
+    ----------
+    type1, type2 : str
+        The nodule types found at T1 and T2 (:data:`NODULE_TYPES`).
+
+    Returns
+    -------
+    str or None
+        ``"part_solid"`` when exactly one of them is part-solid, else None.
+
+    Raises
+    ------
+    SegmentationError
+        A type not in :data:`NODULE_TYPES`.
+
+    Examples
+    --------
+    >>> joint_nodule_type("solid", "part_solid"), joint_nodule_type("solid", "ground_glass")
+    ('part_solid', None)
+    """
+    for t in (type1, type2):
+        if t not in NODULE_TYPES:
+            raise SegmentationError(f"nodule type {t!r} is unknown; use one of {', '.join(NODULE_TYPES)}")
+    if type1 != type2 and "part_solid" in (type1, type2):
+        return "part_solid"
+    return None
 
 
 def voi_half_size_mm(expected_diameter_mm: float | None = None, inplane_voxel_mm: float = 0.0) -> float:

@@ -194,3 +194,41 @@ def test_rows_json_is_plain(tmp_path, manifest_path, monkeypatch):
     for path in (out / ".rows").glob("*.json"):
         data = json.loads(path.read_text())
         assert all(isinstance(k, str) and k.isdigit() for k in data)
+
+
+# --------------------------------------------------------------------------
+# one nodule type for both time points
+# --------------------------------------------------------------------------
+def _fake(nodule_type, flags=()):
+    from types import SimpleNamespace
+    return (SimpleNamespace(nodule_type=nodule_type, flags=tuple(flags)), f"m-{nodule_type}", "voi")
+
+
+@pytest.mark.parametrize("type1, type2, redone", [
+    ("solid", "part_solid", "T1"), ("part_solid", "ground_glass", "T2"),
+])
+def test_harmonise_types_redoes_the_time_point_that_is_not_part_solid(type1, type2, redone):
+    calls = []
+
+    def redo(which):
+        return lambda t: calls.append((which, t)) or _fake(t, ["touches_pleura"])
+
+    r1, r2, flags = cohort.harmonise_types(_fake(type1), _fake(type2), {"T1": redo("T1"), "T2": redo("T2")})
+    assert calls == [(redone, "part_solid")]
+    assert r1[0].nodule_type == r2[0].nodule_type == "part_solid"
+    assert flags == ["touches_pleura", "nodule_type_from_both_time_points"]
+
+
+@pytest.mark.parametrize("type1, type2", [("solid", "ground_glass"), ("part_solid", "part_solid")])
+def test_harmonise_types_leaves_other_pairs_alone(type1, type2):
+    def never(t):
+        raise AssertionError("no segmentation should be redone")
+
+    a, b = _fake(type1), _fake(type2)
+    assert cohort.harmonise_types(a, b, {"T1": never, "T2": never}) == (a, b, [])
+
+
+def test_harmonise_types_keeps_the_original_when_the_forced_one_leaks():
+    a, b = _fake("solid"), _fake("part_solid")
+    leaky = {"T1": lambda t: _fake(t, ["segmentation_leak"]), "T2": None}
+    assert cohort.harmonise_types(a, b, leaky) == (a, b, [])
