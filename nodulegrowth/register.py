@@ -549,8 +549,10 @@ def register_pair(fixed: sitk.Image, moving: sitk.Image, *, fixed_mask: sitk.Ima
     # QC on a grid twice as coarse as the registration's: the Dice and NCC
     # of whole lungs barely change, and warping is then 8x cheaper
     qc_grid = sitk.BinShrink(f_lo, [2, 2, 2])
-    fa = sitk.GetArrayViewFromImage(_shrink_mask(fm_lo, qc_grid)) > 0
-    dice_before = _dice(fa, sitk.GetArrayViewFromImage(
+    # GetArrayFromImage (a copy), not a view: a view does not keep its image
+    # alive, and these images are temporaries freed as soon as the call returns
+    fa = sitk.GetArrayFromImage(_shrink_mask(fm_lo, qc_grid)) > 0
+    dice_before = _dice(fa, sitk.GetArrayFromImage(
         sitk.Resample(mm_lo, qc_grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0)) > 0)
     dice = _dice(fa, _warp(itk, result_params, mm_lo, 0, 0.0, qc_grid) > 0.5)
     # NCC of the images inside the T1 lung mask (the metric elastix optimised)
