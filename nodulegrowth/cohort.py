@@ -490,7 +490,6 @@ def _process_nodule(row: ManifestRow, t1: Any, t2: Any, mask1: Any, mask2: Any, 
 
     seg1, m1, voi1 = _segment_and_measure(t1.image, mask1, p1, config, row, "T1",
                                           expected_diameter_mm=row.t1_diameter_mm)
-    flags += [f for f in seg1.flags]
     prop = propagate.propagate_point(reg, t1.image, t2.image, m1.center_xyz)
     flags += list(prop.flags)
     import SimpleITK as sitk
@@ -508,7 +507,6 @@ def _process_nodule(row: ManifestRow, t1: Any, t2: Any, mask1: Any, mask2: Any, 
         d1 = 2.0 * (3.0 * m1.volume_mm3 / (4.0 * math.pi)) ** (1.0 / 3.0)
         seg2, m2, voi2 = _segment_and_measure(t2.image, mask2, tuple(reid.seed_xyz), config, row, "T2",
                                               expected_diameter_mm=d1)
-        flags += [f for f in seg2.flags if f not in flags]
         redo = {
             "T1": lambda t: _segment_and_measure(t1.image, mask1, p1, config, row, "T1",
                                                  expected_diameter_mm=row.t1_diameter_mm, nodule_type=t),
@@ -516,7 +514,12 @@ def _process_nodule(row: ManifestRow, t1: Any, t2: Any, mask1: Any, mask2: Any, 
                                                  expected_diameter_mm=d1, nodule_type=t),
         }
         (seg1, m1, voi1), (seg2, m2, voi2), more = harmonise_types((seg1, m1, voi1), (seg2, m2, voi2), redo)
-        flags += [f for f in more if f not in flags]
+        if "nodule_type_from_both_time_points" in more:
+            flags.append("nodule_type_from_both_time_points")
+    # the flags of the segmentations finally used (not of one replaced above)
+    flags += [f for f in seg1.flags if f not in flags]
+    if seg2 is not None:
+        flags += [f for f in seg2.flags if f not in flags]
 
     record: dict[str, Any] = {
         "patient_id": row.patient_id, "nodule_id": row.nodule_id, "diagnosis": row.diagnosis,
