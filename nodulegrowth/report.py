@@ -26,8 +26,9 @@ page lists every skipped section with the reason):
    ``t1_diameter_mm`` / ``t2_diameter_mm`` are given).
 7. ``propagation`` -- distribution of the propagation error (only when
    ``propagation_error_mm`` is given).
-8. ``failures_<n>`` -- one table row per failed or flagged row, paginated
-   (only when there is at least one).
+8. ``failures_<n>`` -- one table row per failed or flagged row (a flag that
+   asks for a look, see :data:`INFORMATIONAL_FLAGS`), paginated (only when
+   there is at least one).
 9. ``nodule_<patient>_<nodule>`` -- one page per nodule (every row, failed
    ones included) with its PNG, when present, and its measurements. These
    pages go to the PDF only, unless ``per_nodule_png=True``.
@@ -74,6 +75,7 @@ __all__ = [
     "TIME_POINT_COLOURS",
     "CATEGORY_COLOURS",
     "NOT_GIVEN",
+    "INFORMATIONAL_FLAGS",
     "load_measurements",
     "diagnosis_groups",
     "diagnosis_colours",
@@ -93,6 +95,14 @@ TIME_POINT_COLOURS = {"T1": "#0072B2", "T2": "#E69F00"}
 CATEGORY_COLOURS = {"grew": "#CB181D", "stable": "#BDBDBD", "shrank": "#4D4D4D"}
 #: Label of rows whose diagnosis is empty.
 NOT_GIVEN = "not given"
+#: QC flags that describe a row rather than doubt it: the nodule touches the
+#: pleura (its location), the interval is longer than a criterion's 12 months,
+#: the change is within measurement error (also in
+#: ``change_exceeds_measurement_error``), the nodule type was taken from both
+#: time points. A row is *flagged* (asks for a look) when it carries any other.
+INFORMATIONAL_FLAGS = frozenset({"touches_pleura", "interval_exceeds_12_months",
+                                 "change_within_measurement_error",
+                                 "nodule_type_from_both_time_points"})
 _NOT_GIVEN_COLOUR = "#8C8C8C"
 # Paul Tol's "muted" scheme minus colours close to T1/T2 or the categories,
 # so a diagnosis is never confused with a time point.
@@ -258,6 +268,15 @@ def _text(value: Any) -> str:
 def _flags(value: Any) -> list[str]:
     """``"a; b"`` -> ``["a", "b"]``; empty, None or NaN -> ``[]``."""
     return [f.strip() for f in _text(value).split(";") if f.strip()]
+
+
+def _review_flags(value: Any) -> list[str]:
+    """The flags of ``value`` that ask for a look (not in :data:`INFORMATIONAL_FLAGS`)."""
+    return [f for f in _flags(value) if f not in INFORMATIONAL_FLAGS]
+
+
+def _is_flagged(qc_flags: pd.Series) -> pd.Series:
+    return qc_flags.map(lambda v: bool(_review_flags(v)))
 
 
 def diagnosis_groups(df: pd.DataFrame) -> list[str]:
@@ -456,7 +475,8 @@ def cohort_statistics(df: pd.DataFrame, *, agreement_measure: str = "mean_diamet
 
         - ``cohort``: ``rows, patients, nodules, processed, failed, flagged``
           per diagnosis (a row is *processed* when ``status == "ok"``,
-          *flagged* when ``qc_flags`` is non-empty).
+          *flagged* when ``qc_flags`` holds a flag that asks for a look, i.e.
+          one not in :data:`INFORMATIONAL_FLAGS`).
         - ``interval``: ``n, median, q1, q3, min, max`` (days) over scan
           pairs, i.e. unique ``(patient_id, interval_days)``.
         - ``scanner`` / ``kvp`` / ``slice_thickness``: scan counts per value
@@ -513,7 +533,7 @@ def cohort_statistics(df: pd.DataFrame, *, agreement_measure: str = "mean_diamet
             "nodules")
         add("cohort", "processed", g, "", (sub["status"] == "ok").sum(), "rows")
         add("cohort", "failed", g, "", (sub["status"] != "ok").sum(), "rows")
-        add("cohort", "flagged", g, "", (sub["qc_flags"] != "").sum(), "rows")
+        add("cohort", "flagged", g, "", int(_is_flagged(sub["qc_flags"]).sum()), "rows")
 
     pairs = df[["patient_id", "interval_days"]].dropna().drop_duplicates()
     for k, v in _describe(pairs["interval_days"]).items():
@@ -1129,12 +1149,13 @@ _MAX_REASONS = 12
 
 def _failure_rows(df) -> list[list[str]]:
     rows = []
-    for _, r in df[(df["status"] != "ok") | (df["qc_flags"] != "")].iterrows():
+    for _, r in df[(df["status"] != "ok") | _is_flagged(df["qc_flags"])].iterrows():
         reason = []
         if r["status"] != "ok":
             reason.append(f"error: {r['error'] or 'no reason given'}")
-        if r["qc_flags"]:
-            reason.append("flags: " + ", ".join(_flags(r["qc_flags"])))
+        if _review_flags(r["qc_flags"]):
+            # the informational ones are on the nodule's page and in the CSV
+            reason.append("flags: " + ", ".join(_review_flags(r["qc_flags"])))
         # one row must fit on a page; longer texts are cut (full in the CSV)
         rows.append([r["patient_id"], r["nodule_id"], r["diagnosis"], r["status"],
                      _clip("; ".join(reason), 1500)])

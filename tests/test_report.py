@@ -66,7 +66,7 @@ def make_table(n=8, *, diagnoses=("benign", "malignant"), radiologist=True, fail
             diameter_change_mm=d2 - d1, volume_change_pct=100 * (v2 - v1) / v1,
             vdt_days=interval * math.log(2) / math.log(ratio),
             growth="grew" if ratio >= 1.25 else ("shrank" if ratio <= 0.75 else "stable"),
-            growth_criterion="nelson", qc_flags="touches_pleura" if i in flagged else "",
+            growth_criterion="nelson", qc_flags="segmentation_leak" if i in flagged else "",
             t1_manufacturer="SIEMENS" if i % 3 else "GE MEDICAL SYSTEMS",
             t1_model="Definition AS" if i % 3 else "LightSpeed VCT",
             t2_manufacturer="SIEMENS", t2_model="Definition AS",
@@ -145,7 +145,7 @@ def test_load_measurements_normalises_types(tmp_path):
     assert out["t1_volume_mm3"].dtype == float
     np.testing.assert_allclose(out["t1_volume_mm3"], df["t1_volume_mm3"], rtol=1e-12)
     assert list(out["diagnosis"]) == [NOT_GIVEN, "benign", NOT_GIVEN, "benign"]
-    assert out.loc[2, "status"] == "failed" and out.loc[0, "qc_flags"] == "touches_pleura"
+    assert out.loc[2, "status"] == "failed" and out.loc[0, "qc_flags"] == "segmentation_leak"
     # optional columns that are absent come back empty, not missing
     assert out["nodule_type"].eq("").all() and out["growth_nelson"].eq("").all()
 
@@ -236,7 +236,19 @@ def test_cohort_statistics_match_pandas():
     for cat in ("grew", "stable", "shrank"):
         assert summary_value(stats, "growth_category", "count", detail=f"nelson|{cat}") == \
             (ok["growth"] == cat).sum()
+    assert summary_value(stats, "qc", "count", detail="segmentation_leak") == 2
+
+
+def test_informational_flags_do_not_make_a_row_flagged():
+    df = make_table(6, failures=(), flagged=())
+    df.loc[0, "qc_flags"] = "touches_pleura;interval_exceeds_12_months"
+    df.loc[1, "qc_flags"] = "change_within_measurement_error;nodule_type_from_both_time_points"
+    df.loc[2, "qc_flags"] = "touches_pleura;segmentation_leak"
+    stats = cohort_statistics(load_measurements(df))
+    assert summary_value(stats, "cohort", "flagged") == 1
+    # every flag is still counted by name
     assert summary_value(stats, "qc", "count", detail="touches_pleura") == 2
+    assert summary_value(stats, "qc", "count", detail="nodule_type_from_both_time_points") == 1
 
 
 def test_cohort_statistics_scanner_counts_per_scan():
