@@ -1185,12 +1185,16 @@ def _pages_failures(stats, df):
                 rest = order[_MAX_REASONS - 1:]
                 names = [names[i] for i in keep] + [f"{len(rest)} other flags (total)"]
                 counts = [counts[i] for i in keep] + [sum(counts[i] for i in rest)]
-            bx.barh(range(len(names)), counts, color=["#CB181D" if n == "failed" else "#777777"
-                                                        for n in names])
-            bx.set_yticks(range(len(names)), names, fontsize=7.5)
+            bx.barh(range(len(names)), counts,
+                    color=["#CB181D" if n == "failed" else "#CCCCCC" if n in INFORMATIONAL_FLAGS else "#777777"
+                           for n in names])
+            # long flag names on two lines: the layout does not always make
+            # room for a 30-character label on the left
+            bx.set_yticks(range(len(names)), [_two_lines(n) for n in names], fontsize=7.5)
             bx.invert_yaxis()
             bx.set_xlabel("rows", fontsize=9.5)
-            bx.set_title("Rows per reason (failed, then each QC flag)", loc="left", fontsize=10)
+            bx.set_title("Rows per reason (failed, then each QC flag; light grey: informational, "
+                         "not counted as flagged)", loc="left", fontsize=10)
             bx.tick_params(labelsize=7.5)
             bx.xaxis.get_major_locator().set_params(integer=True)
             for i, c in enumerate(counts):
@@ -1206,6 +1210,15 @@ def _pages_failures(stats, df):
                     line_h=1.0 / (capacity + 1.5), fontsize=8)
         figs.append(fig)
     return figs
+
+
+def _two_lines(name: str, width: int = 22) -> str:
+    """A flag name longer than ``width`` broken after the underscore nearest its middle."""
+    cuts = [i for i, ch in enumerate(name) if ch == "_"]
+    if len(name) <= width or not cuts:
+        return name
+    i = min(cuts, key=lambda c: abs(c - len(name) / 2))
+    return name[:i + 1] + "\n" + name[i + 1:]
 
 
 def _failure_pages_split(df) -> list[list[int]]:
