@@ -60,12 +60,16 @@ def distance_to(mask: np.ndarray, spacing) -> np.ndarray:
     return edt(~m, spacing)
 
 
-def ball_opening(mask: np.ndarray, radius_mm: float, spacing) -> np.ndarray:
-    r"""Opening of ``mask`` by a ball of ``radius_mm``: :math:`\{D_{out}(\{D > r\}) \le r\} \cap M`."""
+def ball_opening(mask: np.ndarray, radius_mm: float, spacing, *, edt_mm: np.ndarray | None = None) -> np.ndarray:
+    r"""Opening of ``mask`` by a ball of ``radius_mm``: :math:`\{D_{out}(\{D > r\}) \le r\} \cap M`.
+
+    ``edt_mm``, :func:`edt` of ``mask`` when the caller already has it (several
+    radii on one mask), saves computing it again.
+    """
     m = np.asarray(mask, dtype=bool)
     if radius_mm <= 0:
         return m.copy()
-    core = edt(m, spacing) > radius_mm
+    core = (edt(m, spacing) if edt_mm is None else edt_mm) > radius_mm
     if not core.any():
         return core
     return (distance_to(core, spacing) <= radius_mm) & m

@@ -505,48 +505,47 @@ def reidentify(moving: sitk.Image, propagated_xyz, *, reference=None,
     rhos = sorted({round(float(np.clip(f * r1, 1.0, 5.0)), 2) for f in _OPENING_FRACTIONS})
     q_idx = np.array(roi.TransformPhysicalPointToContinuousIndex([float(v) for v in q]))[::-1]
     raw = []
-    for thr, rho in ((t, r) for t in levels for r in rhos):
-        if rho == rhos[0]:
-            fg = (vol > thr) & lm
-            d_fg = _morph.edt(fg, spacing)  # shared by the openings of this level
-        core = d_fg > rho
-        opened = (_morph.distance_to(core, spacing) <= rho) & fg if core.any() else core
-        lab, n = ndi.label(opened)
-        if not n:
-            continue
-        dt = _morph.edt(opened, spacing)
-        for i, sl in enumerate(ndi.find_objects(lab), start=1):
-            if sl is None:
+    for thr in levels:
+        fg = (vol > thr) & lm
+        d_fg = _morph.edt(fg, spacing)  # shared by the openings of this level
+        for rho in rhos:
+            opened = _morph.ball_opening(fg, rho, spacing, edt_mm=d_fg)
+            lab, n = ndi.label(opened)
+            if not n:
                 continue
-            comp = lab[sl] == i
-            off = np.array([x.start for x in sl])
-            idx = np.argwhere(comp)
-            pts = (idx + off - q_idx) * spacing
-            d_q = np.sqrt((pts ** 2).sum(axis=1))
-            if d_q.min() > search_radius_mm:
-                continue
-            # seed: the thickest point of the blob, discounted by its
-            # distance to q, so a nodule near q wins over a thicker vessel
-            # or wall further away in the same blob
-            d_in = dt[sl][comp]
-            k = int(np.argmax(d_in - 0.25 * d_q))
-            seed_zyx = idx[k] + off
-            # the candidate is the part of the blob around the seed: the whole
-            # blob for an isolated nodule, the nodule without the far part of
-            # an attached vessel otherwise
-            reach = 1.5 * max(r1, float(d_in[k]))
-            near = np.sqrt((((idx - idx[k]) * spacing) ** 2).sum(axis=1)) <= reach
-            c_zyx = idx[near].mean(axis=0) + off
-            c = to_world(c_zyx)
-            dist = float(np.linalg.norm(c - q))
-            vol_mm3 = float(near.sum() * np.prod(spacing))
-            mean_hu = float(vol[sl][comp][near].mean())
-            sc = math.exp(-dist ** 2 / (2 * _SIGMA_DIST_MM ** 2))
-            if v1:
-                sc *= math.exp(-math.log(vol_mm3 / v1) ** 2 / (2 * _SIGMA_LOGVOL ** 2))
-            if reference_hu is not None and np.isfinite(reference_hu):
-                sc *= math.exp(-(mean_hu - float(reference_hu)) ** 2 / (2 * _SIGMA_HU ** 2))
-            raw.append((sc, Candidate(c, to_world(seed_zyx), vol_mm3, mean_hu, dist, sc, thr), seed_zyx))
+            dt = _morph.edt(opened, spacing)
+            for i, sl in enumerate(ndi.find_objects(lab), start=1):
+                if sl is None:
+                    continue
+                comp = lab[sl] == i
+                off = np.array([x.start for x in sl])
+                idx = np.argwhere(comp)
+                pts = (idx + off - q_idx) * spacing
+                d_q = np.sqrt((pts ** 2).sum(axis=1))
+                if d_q.min() > search_radius_mm:
+                    continue
+                # seed: the thickest point of the blob, discounted by its
+                # distance to q, so a nodule near q wins over a thicker vessel
+                # or wall further away in the same blob
+                d_in = dt[sl][comp]
+                k = int(np.argmax(d_in - 0.25 * d_q))
+                seed_zyx = idx[k] + off
+                # the candidate is the part of the blob around the seed: the whole
+                # blob for an isolated nodule, the nodule without the far part of
+                # an attached vessel otherwise
+                reach = 1.5 * max(r1, float(d_in[k]))
+                near = np.sqrt((((idx - idx[k]) * spacing) ** 2).sum(axis=1)) <= reach
+                c_zyx = idx[near].mean(axis=0) + off
+                c = to_world(c_zyx)
+                dist = float(np.linalg.norm(c - q))
+                vol_mm3 = float(near.sum() * np.prod(spacing))
+                mean_hu = float(vol[sl][comp][near].mean())
+                sc = math.exp(-dist ** 2 / (2 * _SIGMA_DIST_MM ** 2))
+                if v1:
+                    sc *= math.exp(-math.log(vol_mm3 / v1) ** 2 / (2 * _SIGMA_LOGVOL ** 2))
+                if reference_hu is not None and np.isfinite(reference_hu):
+                    sc *= math.exp(-(mean_hu - float(reference_hu)) ** 2 / (2 * _SIGMA_HU ** 2))
+                raw.append((sc, Candidate(c, to_world(seed_zyx), vol_mm3, mean_hu, dist, sc, thr), seed_zyx))
     # the same blob found at several radii counts once (its best score):
     # candidates whose seeds lie within the better one are duplicates
     raw.sort(key=lambda t: -t[0])
