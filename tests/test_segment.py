@@ -221,6 +221,23 @@ def test_small_nodule_on_a_vessel_as_thick_as_the_opening_is_flagged(r, rv):
     assert "segmentation_leak" in seg.flags
 
 
+@pytest.mark.xfail(strict=True, reason="known silent leak, not fixed yet: the partial-volume step of a 4-5 mm "
+                   "juxtavascular nodule grows it along a vessel thinner than the opening ball "
+                   "(without that step: -10 %, -5 %, +17 %); see README, Status")
+@pytest.mark.parametrize("r, rv, nodule_hu", [(2.35, 0.9, SOLID), (2.35, 1.0, SOLID), (2.35, 0.7, GGO)])
+def test_small_nodule_on_a_vessel_thinner_than_the_opening_is_not_silently_inflated(r, rv, nodule_hu):
+    # found on the benchmark's --quick grid (a 4.7 mm solid nodule on a
+    # 0.9 mm-radius vessel: +60 % at T1, +98 % at T2, no flag). Measured here
+    # at the time of writing: +55 %, +62 %, +69 %, none flagged. Either a
+    # volume within 30 % or the segmentation_leak flag would do. A flag for
+    # "the partial-volume step grew the mask by > 30 %" was tried: it also
+    # flags well-segmented small juxtavascular nodules (3 mm radius, -1 %).
+    seg, sp = segment_nodule_on_vessel(r, rv, nodule_hu)
+    v_true = 4 / 3 * math.pi * r ** 3
+    err = volume_mm3(seg.mask, sp) / v_true - 1
+    assert abs(err) < 0.3 or "segmentation_leak" in seg.flags, f"{100 * err:+.0f} %, flags {seg.flags}"
+
+
 @pytest.mark.parametrize("r", [3.0, 4.0])
 @pytest.mark.parametrize("rv", [0.9, 1.2, 1.5])
 def test_ground_glass_nodule_on_a_thin_solid_vessel(r, rv):
