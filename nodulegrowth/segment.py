@@ -70,8 +70,9 @@ is much larger or longer than the nodule's inscribed sphere predicts, or
 touches the VOI border, or its axial cross-section is more than 3:1
 elongated -- a region grown along a vessel that the opening could not cut,
 typically at voxels of about 3 mm -- or an attached structure that the
-opening had to cut is at least 0.45 times as thick as the nodule, so that no
-opening separates it reliably), ``seed_outside_nodule`` (the given seed voxel is not
+opening had to cut, or for a solid nodule any attached structure, is at
+least 0.45 times as thick as the nodule, so that no opening separates it
+reliably), ``seed_outside_nodule`` (the given seed voxel is not
 in the final mask), ``low_contrast_nodule`` (contrast below 5 noise SD).
 
 References
@@ -698,6 +699,14 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool) -> Segment
             cut = attached & comp
             if cut.any() and _thick_attachment(mask, cut, d_mask, sp):
                 leak = True
+            elif ntype == "solid" and _thick_attachment(mask, attached, d_mask, sp):
+                # a solid nodule's vessel is as dense as the nodule: nothing
+                # but the opening keeps it out, and below the threshold of
+                # the region growing a thin one is not in the grown region
+                # (so not "cut") yet is taken in by the partial-volume step
+                # (test phantom, a 4.7 mm nodule on a 0.9-1.0 mm-radius
+                # vessel: +31 to +37 %, unflagged without this test)
+                leak = True
     border = np.zeros_like(mask)
     border[[0, -1], :, :] = True
     border[:, [0, -1], :] = True
@@ -842,7 +851,8 @@ def _pv_threshold(sm, mask, dense, wall, G, sp, inplane, *, two_tissue: bool):
     :math:`G_{in}` is the median of the mask's deepest voxels, within
     :math:`w = \mathrm{clip}(D_{max}/2, 0.5, 1)` mm of its largest inscribed
     distance :math:`D_{max}` (at least 7 voxels; a small nodule has no
-    interior plateau, and a 1 mm band would reach down its blurred edge)
+    interior plateau, and a 1 mm band would reach down its blurred edge) and
+    inside its largest inscribed ball (not in the junction with a vessel stub)
     (``G`` for a part-solid nodule), and :math:`P_{loc}` the median of an in-plane ring
     within 2 mm outside :math:`R`. The threshold is the :math:`V_{PV}/v`-th
     largest value of :math:`I_\sigma` in :math:`R`, clamped to the central
@@ -863,6 +873,17 @@ def _pv_threshold(sm, mask, dense, wall, G, sp, inplane, *, two_tissue: bool):
         depth = d_in[mask]
         w = min(max(0.5 * float(depth.max()), 0.5), 1.0)
         band = depth >= min(depth.max() - w, np.sort(depth)[-min(7, depth.size)])
+        # ... inside the largest inscribed ball: a vessel stub that survived
+        # the opening widens the mask where it joins, and the deep voxels
+        # there are darker (a blurred vessel) than the nodule's centre (test
+        # phantom, a 4.7 mm solid nodule on a 0.9 mm-radius vessel: -165 HU
+        # against -79 HU without the vessel, volume +55 %; -74 HU and +31 %
+        # within the ball)
+        idx = np.argwhere(mask)
+        dist2 = (((idx - idx[int(np.argmax(depth))]) * np.asarray(sp, float)) ** 2).sum(axis=1)
+        inside = band & (dist2 <= float(depth.max()) ** 2)
+        if inside.sum() >= min(7, depth.size):
+            band = inside
         g_in = float(np.median(sm[mask][band]))
     sp_inplane = np.array([1e4, sp[1], sp[2]])
     d_out = _distance_to(region, sp_inplane)

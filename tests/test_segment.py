@@ -221,20 +221,35 @@ def test_small_nodule_on_a_vessel_as_thick_as_the_opening_is_flagged(r, rv):
     assert "segmentation_leak" in seg.flags
 
 
-@pytest.mark.xfail(strict=True, reason="known silent leak, not fixed yet: the partial-volume step of a 4-5 mm "
-                   "juxtavascular nodule grows it along a vessel thinner than the opening ball "
-                   "(without that step: -10 %, -5 %, +17 %); see README, Status")
-@pytest.mark.parametrize("r, rv, nodule_hu", [(2.35, 0.9, SOLID), (2.35, 1.0, SOLID), (2.35, 0.7, GGO)])
-def test_small_nodule_on_a_vessel_thinner_than_the_opening_is_not_silently_inflated(r, rv, nodule_hu):
+@pytest.mark.parametrize("r, rv", [(2.35, 0.9), (2.35, 1.0), (2.6, 0.9), (2.6, 1.0)])
+@pytest.mark.parametrize("noise_seed", [3, 4])
+def test_small_solid_nodule_on_a_vessel_thinner_than_the_opening_is_not_silently_inflated(r, rv, noise_seed):
     # found on the benchmark's --quick grid (a 4.7 mm solid nodule on a
-    # 0.9 mm-radius vessel: +60 % at T1, +98 % at T2, no flag). Measured here
-    # at the time of writing: +55 %, +62 %, +69 %, none flagged. Either a
-    # volume within 30 % or the segmentation_leak flag would do. A flag for
-    # "the partial-volume step grew the mask by > 30 %" was tried: it also
-    # flags well-segmented small juxtavascular nodules (3 mm radius, -1 %).
+    # 0.9 mm-radius vessel: +60 % at T1, +98 % at T2, no flag). Before the
+    # fix, here: +36 to +62 %, none flagged; the partial-volume step read the
+    # tissue level in the vessel's junction and took the vessel in. Either a
+    # volume within 30 % or the segmentation_leak flag.
+    vessel = (cylinder(rv, (0.0, 0.0, r + rv - 0.3), (0.3, 1.0, 0.2)), SOLID + 10.0)
+    sp = (1.0, 0.7, 0.7)
+    img, c = render([vessel, (ball(r), SOLID)], sp, size_mm=36.0, seed=noise_seed)
+    seg = segment_nodule(img, sp, c)
+    err = volume_mm3(seg.mask, sp) / (4 / 3 * math.pi * r ** 3) - 1
+    assert abs(err) < 0.3 or "segmentation_leak" in seg.flags, f"{100 * err:+.0f} %, flags {seg.flags}"
+
+
+@pytest.mark.xfail(strict=True, reason="known silent leaks, not fixed yet (see README, Status)")
+@pytest.mark.parametrize("r, rv, nodule_hu", [
+    # a 4.4 mm solid nodule on a vessel of 0.8-0.9 mm radius: +31 to +44 %
+    # (noise seeds 3, 4), the vessel just under the 0.45 ratio of the flag
+    (2.2, 0.8, SOLID), (2.2, 0.9, SOLID),
+    # a 0.7 mm-radius solid vessel blurred to about -560 HU next to a -600 HU
+    # nodule is ground glass to the region growing, and at that threshold
+    # thicker than the opening ball: +72 %
+    (2.35, 0.7, GGO),
+])
+def test_small_nodule_on_a_vessel_known_silent_leaks(r, rv, nodule_hu):
     seg, sp = segment_nodule_on_vessel(r, rv, nodule_hu)
-    v_true = 4 / 3 * math.pi * r ** 3
-    err = volume_mm3(seg.mask, sp) / v_true - 1
+    err = volume_mm3(seg.mask, sp) / (4 / 3 * math.pi * r ** 3) - 1
     assert abs(err) < 0.3 or "segmentation_leak" in seg.flags, f"{100 * err:+.0f} %, flags {seg.flags}"
 
 
