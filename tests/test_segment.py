@@ -221,36 +221,43 @@ def test_small_nodule_on_a_vessel_as_thick_as_the_opening_is_flagged(r, rv):
     assert "segmentation_leak" in seg.flags
 
 
-@pytest.mark.parametrize("r, rv", [(2.35, 0.9), (2.35, 1.0), (2.6, 0.9), (2.6, 1.0)])
-@pytest.mark.parametrize("noise_seed", [3, 4])
-def test_small_solid_nodule_on_a_vessel_thinner_than_the_opening_is_not_silently_inflated(r, rv, noise_seed):
-    # found on the benchmark's --quick grid (a 4.7 mm solid nodule on a
-    # 0.9 mm-radius vessel: +60 % at T1, +98 % at T2, no flag). Before the
-    # fix, here: +26 to +71 %, none flagged (6 of the 8 cases failed); the
-    # partial-volume step read the tissue level in the vessel's junction and
-    # took the vessel in. After it: +21 to +37 %, those above 30 % flagged.
-    # Either a volume within 30 % or the segmentation_leak flag.
+def _solid_ball_on_vessel_error(r, rv, noise_seed):
     vessel = (cylinder(rv, (0.0, 0.0, r + rv - 0.3), (0.3, 1.0, 0.2)), SOLID + 10.0)
     sp = (1.0, 0.7, 0.7)
     img, c = render([vessel, (ball(r), SOLID)], sp, size_mm=36.0, seed=noise_seed)
     seg = segment_nodule(img, sp, c)
-    err = volume_mm3(seg.mask, sp) / (4 / 3 * math.pi * r ** 3) - 1
-    assert abs(err) < 0.3 or "segmentation_leak" in seg.flags, f"{100 * err:+.0f} %, flags {seg.flags}"
+    return volume_mm3(seg.mask, sp) / (4 / 3 * math.pi * r ** 3) - 1, seg.flags
 
 
-@pytest.mark.xfail(strict=True, reason="known silent leaks, not fixed yet (see README, Status)")
-@pytest.mark.parametrize("r, rv, nodule_hu", [
-    # a 4.4 mm solid nodule on a vessel of 0.8-0.9 mm radius: +31 to +44 %
-    # (noise seeds 3, 4), the vessel just under the 0.45 ratio of the flag
-    (2.2, 0.8, SOLID), (2.2, 0.9, SOLID),
+@pytest.mark.parametrize("r, rv", [(2.2, 0.8), (2.35, 0.9), (2.35, 1.0), (2.6, 0.9), (2.6, 1.0)])
+@pytest.mark.parametrize("noise_seed", [3, 4])
+def test_small_solid_nodule_on_a_vessel_thinner_than_the_opening_is_not_silently_inflated(r, rv, noise_seed):
+    # found on the benchmark's --quick grid (a 4.7 mm solid nodule on a
+    # 0.9 mm-radius vessel: +60 % at T1, +98 % at T2, no flag). Before the
+    # fix, here: +26 to +71 %, none flagged (8 of the 10 cases failed); the
+    # partial-volume step read the tissue level in the vessel's junction and
+    # took the vessel in. After it (and with the partial-volume sum keeping
+    # the shaved surface): +21 to +42 %, those above 30 % flagged.
+    # Either a volume within 30 % or the segmentation_leak flag.
+    err, flags = _solid_ball_on_vessel_error(r, rv, noise_seed)
+    assert abs(err) < 0.3 or "segmentation_leak" in flags, f"{100 * err:+.0f} %, flags {flags}"
+
+
+@pytest.mark.xfail(strict=True, reason="known silent leak, not fixed yet (see README, Status)")
+def test_small_solid_nodule_on_a_vessel_known_silent_leak():
+    # a 4.4 mm solid nodule on a 0.9 mm-radius vessel, the vessel just under
+    # the 0.45 ratio of the flag: +36 % with noise seed 4 (+30 % with seed 3)
+    err, flags = _solid_ball_on_vessel_error(2.2, 0.9, 4)
+    assert abs(err) < 0.3 or "segmentation_leak" in flags, f"{100 * err:+.0f} %, flags {flags}"
+
+
+@pytest.mark.xfail(strict=True, reason="known silent leak, not fixed yet (see README, Status)")
+def test_small_ground_glass_nodule_on_a_faint_vessel_known_silent_leak():
     # a 0.7 mm-radius solid vessel blurred to about -560 HU next to a -600 HU
     # nodule is ground glass to the region growing, and at that threshold
-    # thicker than the opening ball: +72 %
-    (2.35, 0.7, GGO),
-])
-def test_small_nodule_on_a_vessel_known_silent_leaks(r, rv, nodule_hu):
-    seg, sp = segment_nodule_on_vessel(r, rv, nodule_hu)
-    err = volume_mm3(seg.mask, sp) / (4 / 3 * math.pi * r ** 3) - 1
+    # thicker than the opening ball: +74 %
+    seg, sp = segment_nodule_on_vessel(2.35, 0.7, GGO)
+    err = volume_mm3(seg.mask, sp) / (4 / 3 * math.pi * 2.35 ** 3) - 1
     assert abs(err) < 0.3 or "segmentation_leak" in seg.flags, f"{100 * err:+.0f} %, flags {seg.flags}"
 
 
@@ -283,6 +290,20 @@ def test_small_nodule_is_not_inflated_by_the_partial_volume_step(kind, noise_see
     seg = segment_nodule(img, sp, c)
     v_true = 4 / 3 * math.pi * r ** 3
     assert abs(volume_mm3(seg.mask, sp) / v_true - 1) < 0.25
+
+
+@pytest.mark.parametrize("r", [2.2, 2.6, 3.0])
+@pytest.mark.parametrize("kind", [SOLID, GGO])
+def test_partial_volume_sum_keeps_the_surface_the_opening_shaved(r, kind):
+    # the opening shaves a few surface voxels off a small nodule; the
+    # partial-volume sum used to treat them as "another structure" and leave
+    # them and their blurred edge out, which a blur-lowered tissue level then
+    # over-compensated: +27 % for the 4.4 mm ball here (noise-free), +3..+7 %
+    # at 6 mm. Noise-free, so the bound is about the method, not the noise.
+    sp = (1.0, 0.7, 0.7)
+    img, c = render([(ball(r), kind)], sp, size_mm=36.0, seed=3, noise=0.0)
+    seg = segment_nodule(img, sp, c)
+    assert abs(volume_mm3(seg.mask, sp) / (4 / 3 * math.pi * r ** 3) - 1) < 0.12
 
 
 @pytest.mark.parametrize("spacing", [(1.0, 0.7, 0.7), (2.5, 0.8, 0.8)])
