@@ -118,6 +118,9 @@ _THIN_RIM_MM = 1.5
 # opening ball radius as a fraction of the nodule's inscribed radius (step 6):
 # a sphere survives it whole, vessels thinner than the ball come off
 _OPENING_FACTOR = 0.45
+# below this largest inscribed radius (mm) a solid nodule has no interior
+# plateau under the blur, and its tissue level is fitted (_blurred_ball_level)
+_BALL_FIT_DEPTH_MM = 3.0
 
 
 @dataclass(frozen=True)
@@ -657,7 +660,8 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool) -> Segment
     # however: the partial-volume volume is unbiased. The final threshold is
     # the one whose mask has that volume, clamped to the central half of the
     # edge contrast.
-    t_pv = _pv_threshold(sm, mask, dense, wall, G, sp, inplane, two_tissue=ntype == "part_solid", comp=comp)
+    t_pv = _pv_threshold(sm, mask, dense, wall, G, sp, inplane, two_tissue=ntype == "part_solid", comp=comp,
+                         fit_ball=ntype == "solid")
     if t_pv is not None and abs(t_pv - t) > 1e-6:
         # structures that were not part of the grown region at t (vessels
         # cut off as far-reaching solid, neighbours) stay out: at the lower
@@ -830,7 +834,8 @@ def _near(mask, sp, inplane):
     return _distance_to(zdil, sp_inplane) <= margin
 
 
-def _pv_threshold(sm, mask, dense, wall, G, sp, inplane, *, two_tissue: bool, comp: np.ndarray):
+def _pv_threshold(sm, mask, dense, wall, G, sp, inplane, *, two_tissue: bool, comp: np.ndarray,
+                  fit_ball: bool = False):
     r"""Threshold whose mask volume equals the partial-volume volume, or None.
 
     .. math::
@@ -855,7 +860,10 @@ def _pv_threshold(sm, mask, dense, wall, G, sp, inplane, *, two_tissue: bool, co
     distance :math:`D_{max}` (at least 7 voxels; a small nodule has no
     interior plateau, and a 1 mm band would reach down its blurred edge) and
     inside its largest inscribed ball (not in the junction with a vessel stub)
-    (``G`` for a part-solid nodule), and :math:`P_{loc}` the median of an in-plane ring
+    (``G`` for a part-solid nodule; for a solid nodule (``fit_ball``) with a
+    largest inscribed radius under 3 mm, the level of a blurred-ball fit of
+    its radial profile when plausible, :func:`_blurred_ball_level`), and
+    :math:`P_{loc}` the median of an in-plane ring
     within 2 mm outside :math:`R`. The threshold is the :math:`V_{PV}/v`-th
     largest value of :math:`I_\sigma` in :math:`R`, clamped to the central
     half of the edge contrast.
@@ -912,6 +920,14 @@ def _pv_threshold(sm, mask, dense, wall, G, sp, inplane, *, two_tissue: bool, co
         ids = ids[ids > 0]
         if ids.size:
             region = region & ~np.isin(lab, ids)
+    if fit_ball and not two_tissue and float(depth.max()) < _BALL_FIT_DEPTH_MM:
+        # a small solid nodule's centre is blurred below its tissue level
+        # (4-6 mm solid nodules, benchmark quick grid: volume +16 % -> +2 %).
+        # Not for ground glass: there the same fit read the level high
+        # (4-6 mm: -1 % -> -7 %), for reasons not understood yet
+        fitted = _blurred_ball_level(sm, region, mask, p_loc, g_in, sp)
+        if fitted is not None:
+            g_in = fitted
     frac = (sm[region] - p_loc) / (g_in - p_loc)
     # a voxel denser than the nodule's tissue by more than the noise (a
     # vessel or calcification inside the mask, the solid core of a
@@ -926,6 +942,73 @@ def _pv_threshold(sm, mask, dense, wall, G, sp, inplane, *, two_tissue: bool, co
     t_pv = float(vals[n - 1])
     lo, hi = p_loc + 0.25 * (g_in - p_loc), p_loc + 0.75 * (g_in - p_loc)
     return float(min(max(t_pv, lo), hi))
+
+
+def _blurred_ball_profile(r, radius, sigma):
+    r"""Profile of a uniform ball blurred by an isotropic Gaussian, 0 outside to 1 inside.
+
+    .. math::
+
+        F(r) = \tfrac12\big[\mathrm{erf}(a) + \mathrm{erf}(b)\big]
+               - \frac{\sigma}{r\sqrt{2\pi}}\big(e^{-a^2} - e^{-b^2}\big),
+        \qquad a = \frac{R - r}{\sqrt2\,\sigma},\ b = \frac{R + r}{\sqrt2\,\sigma}
+
+    with :math:`r` the distance from the centre (mm), :math:`R` the radius
+    and :math:`\sigma` the Gaussian's SD (mm).
+    """
+    from scipy import special
+
+    r = np.maximum(r, 1e-3)
+    a = (radius - r) / (math.sqrt(2.0) * sigma)
+    b = (radius + r) / (math.sqrt(2.0) * sigma)
+    return 0.5 * (special.erf(a) + special.erf(b)) \
+        - sigma / (r * math.sqrt(2.0 * math.pi)) * (np.exp(-a * a) - np.exp(-b * b))
+
+
+def _blurred_ball_level(sm, region, mask, p_loc, g_band, sp):
+    r"""Tissue level (HU) of a small nodule from a blurred-ball fit of its radial profile, or None.
+
+    Blur lowers the centre of a nodule a few millimetres across below its
+    tissue level (to 94 % of the contrast for a 4.4 mm ball under a 0.78 mm
+    Gaussian), so the median of its deepest voxels reads the level low and
+    every partial-volume fraction high. The smoothed image in ``region``
+    within 2.5 mm of the equivalent sphere is fitted with
+    :math:`P + (S - P) F(r; R, \sigma)` (:func:`_blurred_ball_profile`,
+    :math:`P` = ``p_loc`` fixed, :math:`r` from the contrast-weighted
+    centre). The fit is used only when it is plausible: :math:`S` not below
+    the deepest-voxel level ``g_band`` (blur only lowers) nor more than 30 %
+    of the contrast above it, :math:`\sigma` in 0.2-2 mm and :math:`R`
+    within a factor 1.5 of the mask's equivalent radius.
+    """
+    from scipy import optimize
+
+    spv = np.asarray(sp, float)
+    r_eq = (3.0 * float(mask.sum()) * float(np.prod(spv)) / (4.0 * math.pi)) ** (1.0 / 3.0)
+    weight = np.where(mask, np.clip(sm - p_loc, 0.0, None), 0.0)
+    if weight.sum() <= 0:
+        return None
+    centre = np.asarray(ndimage.center_of_mass(weight))
+    idx = np.argwhere(region)
+    r = np.sqrt((((idx - centre) * spv) ** 2).sum(axis=1))
+    near = r <= r_eq + 2.5
+    r, v = r[near], sm[region][near]
+    if r.size < 30:
+        return None
+
+    def resid(p):
+        return p_loc + (p[0] - p_loc) * _blurred_ball_profile(r, p[1], p[2]) - v
+
+    contrast = g_band - p_loc
+    try:
+        fit = optimize.least_squares(resid, [g_band, r_eq, 0.8],
+                                     bounds=([p_loc + 1e-3, 0.3 * r_eq, 0.1], [g_band + contrast, 3.0 * r_eq, 3.0]))
+    except (ValueError, np.linalg.LinAlgError):
+        return None
+    level, radius, sigma = (float(x) for x in fit.x)
+    if not (fit.success and g_band <= level <= g_band + 0.3 * contrast and 0.2 <= sigma <= 2.0
+            and r_eq / 1.5 <= radius <= 1.5 * r_eq):
+        return None
+    return level
 
 
 def _far_reaching_solid(sm, solid_level, seed, sp, reach_mm, *, dilate=True):

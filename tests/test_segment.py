@@ -229,25 +229,19 @@ def _solid_ball_on_vessel_error(r, rv, noise_seed):
     return volume_mm3(seg.mask, sp) / (4 / 3 * math.pi * r ** 3) - 1, seg.flags
 
 
-@pytest.mark.parametrize("r, rv", [(2.2, 0.8), (2.35, 0.9), (2.35, 1.0), (2.6, 0.9), (2.6, 1.0)])
+@pytest.mark.parametrize("r, rv", [(2.2, 0.8), (2.2, 0.9), (2.35, 0.9), (2.35, 1.0), (2.6, 0.9), (2.6, 1.0)])
 @pytest.mark.parametrize("noise_seed", [3, 4])
 def test_small_solid_nodule_on_a_vessel_thinner_than_the_opening_is_not_silently_inflated(r, rv, noise_seed):
     # found on the benchmark's --quick grid (a 4.7 mm solid nodule on a
     # 0.9 mm-radius vessel: +60 % at T1, +98 % at T2, no flag). Before the
-    # fix, here: +26 to +71 %, none flagged (8 of the 10 cases failed); the
-    # partial-volume step read the tissue level in the vessel's junction and
-    # took the vessel in. After it (and with the partial-volume sum keeping
-    # the shaved surface): +21 to +42 %, those above 30 % flagged.
+    # fixes, here: +26 to +71 %, none flagged (10 of the 12 cases failed);
+    # the partial-volume step read the tissue level in the vessel's junction
+    # (and, for so small a nodule, below its blurred centre) and took the
+    # vessel in. After them (level inside the inscribed ball, from a
+    # blurred-ball fit; the shaved surface kept in the sum): +2 to +12 %,
+    # one case +42 % and flagged.
     # Either a volume within 30 % or the segmentation_leak flag.
     err, flags = _solid_ball_on_vessel_error(r, rv, noise_seed)
-    assert abs(err) < 0.3 or "segmentation_leak" in flags, f"{100 * err:+.0f} %, flags {flags}"
-
-
-@pytest.mark.xfail(strict=True, reason="known silent leak, not fixed yet (see README, Status)")
-def test_small_solid_nodule_on_a_vessel_known_silent_leak():
-    # a 4.4 mm solid nodule on a 0.9 mm-radius vessel, the vessel just under
-    # the 0.45 ratio of the flag: +36 % with noise seed 4 (+30 % with seed 3)
-    err, flags = _solid_ball_on_vessel_error(2.2, 0.9, 4)
     assert abs(err) < 0.3 or "segmentation_leak" in flags, f"{100 * err:+.0f} %, flags {flags}"
 
 
@@ -290,6 +284,19 @@ def test_small_nodule_is_not_inflated_by_the_partial_volume_step(kind, noise_see
     seg = segment_nodule(img, sp, c)
     v_true = 4 / 3 * math.pi * r ** 3
     assert abs(volume_mm3(seg.mask, sp) / v_true - 1) < 0.25
+
+
+@pytest.mark.parametrize("r", [2.0, 2.2, 2.5])
+def test_small_solid_nodule_volume_is_not_biased_by_its_blurred_centre(r):
+    # blur lowers the centre of a 4-5 mm solid nodule below its tissue level;
+    # read there, the level made every partial-volume fraction too large
+    # (noise-free here: +12 to +46 % at 1b1d5dd, +10 % at 4.4 mm once the
+    # partial-volume sum kept the shaved surface, -1 to +1 % with the
+    # blurred-ball fit). Noise-free, so the bound is about the method.
+    sp = (1.0, 0.7, 0.7)
+    img, c = render([(ball(r), SOLID)], sp, size_mm=30.0, seed=0, noise=0.0)
+    seg = segment_nodule(img, sp, c)
+    assert abs(volume_mm3(seg.mask, sp) / (4 / 3 * math.pi * r ** 3) - 1) < 0.05
 
 
 @pytest.mark.parametrize("r", [2.2, 2.6, 3.0])
