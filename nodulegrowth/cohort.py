@@ -488,8 +488,11 @@ def _process_nodule(row: ManifestRow, t1: Any, t2: Any, mask1: Any, mask2: Any, 
     elif row.t2_index is not None:
         ref2 = np.asarray(io.native_index_to_world(t2.info, row.t2_index), float)
 
-    seg1, m1, voi1 = _segment_and_measure(t1.image, mask1, p1, config, row, "T1",
-                                          expected_diameter_mm=row.t1_diameter_mm)
+    def segment_t1(nodule_type=None):
+        return _segment_and_measure(t1.image, mask1, p1, config, row, "T1",
+                                    expected_diameter_mm=row.t1_diameter_mm, nodule_type=nodule_type)
+
+    seg1, m1, voi1 = segment_t1()
     prop = propagate.propagate_point(reg, t1.image, t2.image, m1.center_xyz)
     flags += list(prop.flags)
     import SimpleITK as sitk
@@ -505,15 +508,14 @@ def _process_nodule(row: ManifestRow, t1: Any, t2: Any, mask1: Any, mask2: Any, 
     if reid.found:
         # sized from the T1 volume, as reidentify sized its own segmentation
         d1 = 2.0 * (3.0 * m1.volume_mm3 / (4.0 * math.pi)) ** (1.0 / 3.0)
-        seg2, m2, voi2 = _segment_and_measure(t2.image, mask2, tuple(reid.seed_xyz), config, row, "T2",
-                                              expected_diameter_mm=d1)
-        redo = {
-            "T1": lambda t: _segment_and_measure(t1.image, mask1, p1, config, row, "T1",
-                                                 expected_diameter_mm=row.t1_diameter_mm, nodule_type=t),
-            "T2": lambda t: _segment_and_measure(t2.image, mask2, tuple(reid.seed_xyz), config, row, "T2",
-                                                 expected_diameter_mm=d1, nodule_type=t),
-        }
-        (seg1, m1, voi1), (seg2, m2, voi2), more = harmonise_types((seg1, m1, voi1), (seg2, m2, voi2), redo)
+
+        def segment_t2(nodule_type=None):
+            return _segment_and_measure(t2.image, mask2, tuple(reid.seed_xyz), config, row, "T2",
+                                        expected_diameter_mm=d1, nodule_type=nodule_type)
+
+        seg2, m2, voi2 = segment_t2()
+        (seg1, m1, voi1), (seg2, m2, voi2), more = harmonise_types(
+            (seg1, m1, voi1), (seg2, m2, voi2), {"T1": segment_t1, "T2": segment_t2})
         if "nodule_type_from_both_time_points" in more:
             flags.append("nodule_type_from_both_time_points")
     # the flags of the segmentations finally used (not of one replaced above)

@@ -60,9 +60,11 @@ surrounding lung. Every threshold is derived from the image itself:
    whose mask volume equals the partial-volume volume
    :math:`\\sum_i (I_i - P_{loc}) / (G_{in} - P_{loc})` over the mask and a
    1.5 mm shell (other structures excluded), clamped to the central half of
-   the contrast; the mask is regrown at that threshold without the
-   structures that were not part of the region at :math:`t` and re-opened to
-   keep vessel stubs out.
+   the contrast (for a solid nodule under about 6 mm, :math:`G_{in}` comes
+   from a blurred-ball fit of its radial profile, as blur lowers its
+   centre); the mask is regrown at that threshold without the structures
+   that were not part of the region at :math:`t` and re-opened to keep
+   vessel stubs out.
 
 QC flags (for the contract's ``qc_flags``): ``touches_pleura`` (the mask
 touches the chest wall), ``touches_roi_border``, ``segmentation_leak`` (the mask
@@ -709,7 +711,9 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool) -> Segment
                 # the region growing a thin one is not in the grown region
                 # (so not "cut") yet is taken in by the partial-volume step
                 # (test phantom, a 4.7 mm nodule on a 0.9-1.0 mm-radius
-                # vessel: +30 to +42 %, unflagged without this test)
+                # vessel: +30 to +42 % and unflagged without this test before
+                # the blurred-ball fit; with it one such case is still +42 %,
+                # flagged by this test)
                 leak = True
     border = np.zeros_like(mask)
     border[[0, -1], :, :] = True
@@ -894,7 +898,7 @@ def _pv_threshold(sm, mask, dense, wall, G, sp, inplane, *, two_tissue: bool, co
         # there are darker (a blurred vessel) than the nodule's centre (test
         # phantom, a 4.7 mm solid nodule on a 0.9 mm-radius vessel: -165 HU
         # against -79 HU without the vessel, volume +55 %; -74 HU and +31 %
-        # within the ball)
+        # within the ball, measured before the blurred-ball fit below)
         idx = np.argwhere(mask)
         dist2 = (((idx - idx[int(np.argmax(depth))]) * np.asarray(sp, float)) ** 2).sum(axis=1)
         inside = band & (dist2 <= float(depth.max()) ** 2)
@@ -969,7 +973,7 @@ def _blurred_ball_level(sm, region, mask, p_loc, g_band, sp):
     r"""Tissue level (HU) of a small nodule from a blurred-ball fit of its radial profile, or None.
 
     Blur lowers the centre of a nodule a few millimetres across below its
-    tissue level (to 94 % of the contrast for a 4.4 mm ball under a 0.78 mm
+    tissue level (to 95 % of the contrast for a 4.4 mm ball under a 0.78 mm
     Gaussian), so the median of its deepest voxels reads the level low and
     every partial-volume fraction high. The smoothed image in ``region``
     within 2.5 mm of the equivalent sphere is fitted with
