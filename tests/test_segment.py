@@ -245,6 +245,45 @@ def test_small_solid_nodule_on_a_vessel_thinner_than_the_opening_is_not_silently
     assert abs(err) < 0.3 or "segmentation_leak" in flags, f"{100 * err:+.0f} %, flags {flags}"
 
 
+def _oblique_ellipsoid_on_thick_vessel(noise_seed):
+    """A 5.7 mm solid ellipsoid touching a 1.18 mm-radius vessel (geometry of a
+    case drawn from the benchmark's scene generator), 1 mm slices."""
+    semi = np.array([2.8595, 3.3081, 2.5071])
+    rot = np.array([[-0.4901, 0.4327, -0.7567], [0.8105, -0.0935, -0.5783], [-0.3209, -0.8967, -0.3049]])
+    quad = rot @ np.diag(1.0 / semi ** 2) @ rot.T  # x^T A x <= 1, xyz
+
+    def nodule(z, y, x):
+        p = np.stack([x, y, z], -1)
+        return np.einsum("...i,ij,...j->...", p, quad, p) <= 1.0
+
+    side = np.array([0.5008, -0.23, 0.8344]) * 3.787  # xyz, the vessel overlaps by 0.3 mm
+    vessel = cylinder(1.1847, (side[2], side[1], side[0]), (0.278, -0.609, -0.7429))
+    sp = (1.0, 0.7, 0.7)
+    img, c = render([(vessel, SOLID + 10.0), (nodule, SOLID)], sp, size_mm=36.0, seed=noise_seed,
+                    psf_mm=0.67, noise=25.0, offset=(0.06, 0.17, -0.25))
+    long_true = 2.0 / math.sqrt(np.linalg.eigvalsh(quad[:2, :2]).min())
+    return img, c, sp, 4 / 3 * math.pi * float(np.prod(semi)), long_true
+
+
+@pytest.mark.parametrize("noise_seed", range(6))
+@pytest.mark.parametrize("click_mm", [(0.0, -1.0, -0.5), (0.0, -0.5, -1.0)])
+def test_partial_volume_regrowth_reopens_with_the_ball_the_separation_needed(noise_seed, click_mm):
+    # a click 1 mm off centre moves the seed towards the (denser) vessel, the
+    # inscribed radius at the seed is small and the first opening ball does
+    # not cut the vessel: a larger retry ball does. The partial-volume
+    # regrowth re-opened with the first ball and took the vessel back in:
+    # +43 to +64 % volume, long axis +2.1 mm, unflagged (4 of these 12 cases
+    # at 43b6fcf; found at +61 %, +7 mm on the benchmark's generator).
+    img, c, sp, v_true, long_true = _oblique_ellipsoid_on_thick_vessel(noise_seed)
+    click = tuple(ci + d / s for ci, d, s in zip(c, click_mm, sp))
+    seg = segment_nodule(img, sp, click)
+    m = measure_nodule(seg.mask, sp)
+    err = m.volume_mm3 / v_true - 1
+    ok = abs(err) < 0.3 and abs(m.long_axis_mm - long_true) < 1.5
+    assert ok or "segmentation_leak" in seg.flags, \
+        f"{100 * err:+.0f} %, long axis {m.long_axis_mm:.2f} mm (true {long_true:.2f}), flags {seg.flags}"
+
+
 @pytest.mark.xfail(strict=True, reason="known silent leak, not fixed yet (see README, Status)")
 def test_small_ground_glass_nodule_on_a_faint_vessel_known_silent_leak():
     # a 0.7 mm-radius solid vessel blurred to about -560 HU next to a -600 HU
