@@ -374,16 +374,18 @@ def phantom_check(seeds, preset, nodules=None):
 
     An independent check on the project's phantom generator (its truth is
     computed by that module): the VOI is cropped around the true centre at T1
-    and T2, as the pipeline does around the propagated point.
+    and T2, as the pipeline does around the propagated point, and segmented
+    with the lung mask of the whole scan, as the pipeline does.
     """
     import SimpleITK as sitk
 
-    from nodulegrowth import io, phantom
+    from nodulegrowth import io, lung, phantom
 
     rows = []
     for seed in seeds:
         extra = {} if nodules is None else {"nodules": nodules}
         pair = phantom.make_pair(int(seed), preset=preset, **extra)
+        masks = {"t1": lung.lung_mask(pair.t1), "t2": lung.lung_mask(pair.t2)}
         for _, r in pair.truth.iterrows():
             row = dict(seed=seed, kind=r["kind"], shape=r["shape"], location=r["location"])
             ms = []
@@ -394,7 +396,8 @@ def phantom_check(seeds, preset, nodules=None):
                     hu = sitk.GetArrayFromImage(voi)
                     sp = tuple(voi.GetSpacing()[::-1])
                     seed_zyx = tuple(float(v) for v in np.asarray(io.world_to_index(voi, c))[::-1])
-                    seg = segment_nodule(hu, sp, seed_zyx)
+                    lung_voi = sitk.Resample(masks[tp], voi, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+                    seg = segment_nodule(hu, sp, seed_zyx, lung_mask=sitk.GetArrayFromImage(lung_voi).astype(bool))
                     m = measure_nodule(seg.mask, sp, origin_xyz=voi.GetOrigin(), direction=voi.GetDirection(),
                                        hu=hu, solid_mask=seg.solid_mask)
                     ms.append(m)
