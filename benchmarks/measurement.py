@@ -374,8 +374,9 @@ def phantom_check(seeds, preset, nodules=None):
 
     An independent check on the project's phantom generator (its truth is
     computed by that module): the VOI is cropped around the true centre at T1
-    and T2, as the pipeline does around the propagated point, and segmented
-    with the lung mask of the whole scan, as the pipeline does.
+    and T2, as the pipeline does around the propagated point, segmented with
+    the lung mask of the whole scan and given one type for both time points
+    (``harmonise_types``), as the pipeline does.
     """
     import SimpleITK as sitk
 
@@ -390,16 +391,28 @@ def phantom_check(seeds, preset, nodules=None):
             row = dict(seed=seed, kind=r["kind"], shape=r["shape"], location=r["location"])
             ms = []
             try:
+                res, redo = [], {}
                 for tp, img in (("t1", pair.t1), ("t2", pair.t2)):
                     c = (r[f"{tp}_x"], r[f"{tp}_y"], r[f"{tp}_z"])
                     voi = io.crop(img, c, 40.0)
                     hu = sitk.GetArrayFromImage(voi)
                     sp = tuple(voi.GetSpacing()[::-1])
                     seed_zyx = tuple(float(v) for v in np.asarray(io.world_to_index(voi, c))[::-1])
-                    lung_voi = sitk.Resample(masks[tp], voi, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-                    seg = segment_nodule(hu, sp, seed_zyx, lung_mask=sitk.GetArrayFromImage(lung_voi).astype(bool))
-                    m = measure_nodule(seg.mask, sp, origin_xyz=voi.GetOrigin(), direction=voi.GetDirection(),
-                                       hu=hu, solid_mask=seg.solid_mask)
+                    lung_voi = sitk.GetArrayFromImage(
+                        sitk.Resample(masks[tp], voi, sitk.Transform(), sitk.sitkNearestNeighbor, 0)).astype(bool)
+
+                    def seg_measure(t=None, hu=hu, sp=sp, seed_zyx=seed_zyx, lung_voi=lung_voi, voi=voi):
+                        seg = segment_nodule(hu, sp, seed_zyx, lung_mask=lung_voi, nodule_type=t)
+                        m = measure_nodule(seg.mask, sp, origin_xyz=voi.GetOrigin(), direction=voi.GetDirection(),
+                                           hu=hu, solid_mask=seg.solid_mask)
+                        return seg, m, None
+                    res.append(seg_measure())
+                    redo[tp.upper()] = seg_measure
+                # one type for both time points, as the pipeline does
+                r1, r2, more = harmonise_types(res[0], res[1], redo)
+                row["type_from_both"] = bool(more)
+                for tp, (seg, m, _) in (("t1", r1), ("t2", r2)):
+                    c = (r[f"{tp}_x"], r[f"{tp}_y"], r[f"{tp}_z"])
                     ms.append(m)
                     row.update({f"{tp}_vol_err_pct": 100 * (m.volume_mm3 / r[f"{tp}_volume_mm3"] - 1),
                                 f"{tp}_long_err": m.long_axis_mm - r[f"{tp}_long_axis_mm"],
