@@ -430,6 +430,33 @@ def test_ground_glass_nodule_sunk_into_the_chest_wall_keeps_its_wall_side(r, noi
     assert abs(volume_mm3(seg.mask, sp) / v_true - 1) < 0.12
 
 
+@pytest.mark.parametrize("rim_hu", [-420.0, -460.0])
+@pytest.mark.parametrize("on_wall", [False, True])
+@pytest.mark.parametrize("noise_seed", [0, 1])
+def test_part_solid_nodule_with_a_dense_ground_glass_rim_is_not_typed_solid(rim_hu, on_wall, noise_seed):
+    # a ground-glass rim near half the contrast sits at the solid threshold:
+    # the edge-asymmetry test cannot see it, and the nodule was typed solid
+    # and measured as its core (-51 to -66 % here at 0e9d94b; the project
+    # phantom's 7.4 mm part-solid nodule on the chest wall, -67 / -79 %). A
+    # rim level above a quarter of the contrast is no blur tail. The volume
+    # bound is about the typing (the regrown rim is over-segmented by +8 to
+    # +33 % here), not a claim of accuracy.
+    sp = (1.0, 0.7, 0.7)
+    r, r_core = 4.2, 1.9
+    objs = [(ball(r), rim_hu), (ball(r_core), SOLID)]
+    lung, v_true = None, 4 / 3 * math.pi * r ** 3
+    img, c = render(objs + ([(lambda z, y, x: x >= r - 0.5, 40.0)] if on_wall else []), sp, size_mm=36.0,
+                    seed=noise_seed, noise=20.0)
+    if on_wall:
+        n = img.shape
+        x = (np.arange(n[2]) - (n[2] - 1) / 2) * sp[2]
+        lung = np.broadcast_to(x < r - 0.5, n)
+        v_true -= math.pi * 0.25 * (3 * r - 0.5) / 3  # the 0.5 mm cap in the wall
+    seg = segment_nodule(img, sp, c, lung_mask=lung)
+    assert seg.nodule_type == "part_solid"
+    assert abs(volume_mm3(seg.mask, sp) / v_true - 1) < 0.35
+
+
 def test_leak_is_flagged_never_silent():
     # a "nodule" that is really a thick tube through the VOI cannot be separated
     sp = (1.0, 0.7, 0.7)
