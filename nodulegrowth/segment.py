@@ -27,7 +27,8 @@ surrounding lung. Every threshold is derived from the image itself:
 6. **Vessels**: at a ground-glass threshold, structures denser than solid
    tissue or clearly denser than the nodule's core (by max(5 noise SD, 25 % of
    its contrast)) that reach beyond twice the nodule's largest inscribed radius (+2 mm) from the seed are
-   vessels and are excluded first; then a morphological opening with a ball
+   vessels and are excluded first (the chest wall and its blurred flank do
+   not count as such a structure); then a morphological opening with a ball
    of 0.45 times the nodule's inscribed radius (the distance from the seed to
    the nearest background voxel) removes attached structures thinner than
    that; the opening is repeated with a larger ball when the result still
@@ -39,7 +40,8 @@ surrounding lung. Every threshold is derived from the image itself:
    outside the solid region is examined; if its upper quartile is clearly above
    the parenchyma (a ground-glass rim) and the edge is not the symmetric edge
    of a blurred step (the equivalent radius must move outwards from the 50 %
-   to the 15 % level at least 1.3 times as far as inwards from 50 % to 85 %),
+   to the 15 % level at least 1.3 times as far as inwards from 50 % to 85 %;
+   on fine grids a rim above a quarter of the contrast needs no such test),
    the whole nodule is regrown at the midpoint between the parenchyma and
    that rim level (part-solid nodule). The rim level is then re-read on the
    regrown nodule: the median of the rim away from core and lung, or, for a
@@ -63,8 +65,8 @@ surrounding lung. Every threshold is derived from the image itself:
    the contrast (for a solid nodule under about 6 mm, :math:`G_{in}` comes
    from a blurred-ball fit of its radial profile, as blur lowers its
    centre); the mask is regrown at that threshold without the structures
-   that were not part of the region at :math:`t` and re-opened to keep
-   vessel stubs out.
+   that were not part of the region at :math:`t` and re-opened, with the
+   ball the separation at :math:`t` needed, to keep vessel stubs out.
 
 QC flags (for the contract's ``qc_flags``): ``touches_pleura`` (the mask
 touches the chest wall), ``touches_roi_border``, ``segmentation_leak`` (the mask
