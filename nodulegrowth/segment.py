@@ -569,15 +569,19 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool) -> Segment
             return comp
         return _component_nearest(opened, seed, sp)
 
-    def looks_leaky(m: np.ndarray, r_in: float) -> bool:
+    def looks_leaky(m: np.ndarray) -> bool:
         v = m.sum() * float(np.prod(sp))
         r_v = (3.0 * v / (4.0 * math.pi)) ** (1.0 / 3.0)
         sl = ndimage.find_objects(m.astype(np.uint8))[0]
         ext = max((s.stop - s.start) * d for s, d in zip(sl, sp))
         # reference: the largest inscribed ball of the mask (the nodule's, not a
-        # vessel's), at least the one at the seed
+        # vessel's). Not the seed's distance to the background of the grown
+        # region, which the vessels beside a nodule enlarge: a lobulated
+        # part-solid nodule between two vessels (project phantom, seed 13)
+        # then looked leaky against it, and the larger balls of the retries
+        # cut its lobes off (-45 %, now -28 %)
         sub = np.pad(m[sl], 1)
-        r_ref = max(r_in, float(_morph.edt(sub, sp).max()))
+        r_ref = float(_morph.edt(sub, sp).max())
         # an ellipsoid of aspect 2.5 has r_v / r_in = 2.5^(1/3) = 1.36 and extent
         # 5 r_in; a vessel or wall carried along exceeds one of them. A false
         # alarm only costs a look; a silent leak costs a wrong volume.
@@ -606,7 +610,7 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool) -> Segment
         if not comp.any():
             return comp, comp, dense, wall, r_in, False, _OPENING_FACTOR
         m = separate(comp, r_in, _OPENING_FACTOR)
-        leak = looks_leaky(m, r_in)
+        leak = looks_leaky(m)
         used = _OPENING_FACTOR
         for factor in _RETRY_FACTORS:
             if not leak:
@@ -614,7 +618,7 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool) -> Segment
             m2 = separate(comp, r_in, factor)
             if m2.any() and m2[seed]:
                 m, used = m2, factor
-                leak = looks_leaky(m, r_in)
+                leak = looks_leaky(m)
         m = ndimage.binary_fill_holes(m)
         return m, comp, dense, wall, r_in, leak, used
 
@@ -746,7 +750,7 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool) -> Segment
                 else:
                     # a larger ball that erased the nodule leaves its vessel:
                     # the seed must stay in
-                    kept = bool(grown[seed]) and (leak or not looks_leaky(grown, r_in))
+                    kept = bool(grown[seed]) and (leak or not looks_leaky(grown))
                 if kept:
                     mask, t = grown, float(t_pv)
                     if solid_mask is not None:
