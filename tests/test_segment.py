@@ -436,7 +436,7 @@ def test_ground_glass_nodule_sunk_into_the_chest_wall_keeps_its_wall_side(r, noi
 def test_part_solid_nodule_with_a_dense_ground_glass_rim_is_not_typed_solid(rim_hu, on_wall, noise_seed):
     # a ground-glass rim near half the contrast sits at the solid threshold:
     # the edge-asymmetry test cannot see it, and the nodule was typed solid
-    # and measured as its core (-51 to -66 % here at 0e9d94b; the project
+    # and measured as its core (-51 to -66 % here at 6933ce8; the project
     # phantom's 7.4 mm part-solid nodule on the chest wall, -67 / -79 %). A
     # rim level above a quarter of the contrast is no blur tail. The volume
     # bound is about the typing (the regrown rim is over-segmented by +8 to
