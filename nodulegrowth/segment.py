@@ -494,6 +494,10 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool) -> Segment
     allows the move to the densest voxel within 2 mm (step 1)."""
     flags: list[str] = []
     inplane = float(min(sp[1], sp[2]))
+    # slices up to twice the in-plane size: 3-D balls of a few voxels are
+    # resolved along z, and a slice does not average sections of very
+    # different sizes (the leak retest and the clear-rim rule hold only there)
+    near_isotropic = float(sp[0]) <= 2.0 * inplane
     # light smoothing suppresses noise for region growing without moving a
     # convex boundary; no smoothing across thick slices
     sig = [0.5 if sp[0] <= 1.5 else 0.0, 0.5, 0.5]
@@ -558,10 +562,7 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool) -> Segment
             # and is cut away with it (a 10.8 mm ground-glass nodule on the
             # chest wall, project phantom: -30 % volume, -60 % without a lung
             # mask; -1 % with the flank left out).
-            if wall.any():
-                wall_side = wall | (_distance_to(wall, sp) <= max(1.5, 2.0 * inplane))
-            else:
-                wall_side = wall
+            wall_side = wall | (_distance_to(wall, sp) <= max(1.5, 2.0 * inplane))  # inf when no wall
             cand &= ~_far_reaching_solid(np.where(wall_side, -np.inf, sm), vessel_level, seed, sp,
                                          2.0 * r_nod + 2.0, dilate=vessel_level >= solid_level)
             if not cand[seed]:
@@ -650,7 +651,7 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool) -> Segment
         # a rim must stand clearly above both the noise and the blur tail of a
         # solid edge (below 10 % of the contrast at 1 mm for a PSF sigma <= 0.8 mm)
         rim_needed = P + max(4.0 * sigma_s, 0.15 * (C - P))
-        fine_grid = inplane <= 1.0 and sp[0] <= 2.0 * inplane
+        fine_grid = near_isotropic and inplane <= 1.0
         # ... and, since the blur tail grows with the PSF, the edge must not
         # be a symmetric (blurred step) edge: see _edge_asymmetry. A rim
         # above _CLEAR_RIM of the contrast is no blur tail whatever that test
@@ -743,9 +744,11 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool) -> Segment
             # regrown masks leaky and the larger balls erode them (quick
             # benchmark grid: -30 to -55 % volume, 4 nodules), so the first
             # ball is used as before.
-            iso = sp[0] <= 2.0 * inplane
-            first = factor if iso else _OPENING_FACTOR
-            retest = iso and factor > _OPENING_FACTOR
+            first = factor if near_isotropic else _OPENING_FACTOR
+            retest = near_isotropic and factor > _OPENING_FACTOR
+            # what the grown region held beyond a voxel of the mask at t (the
+            # far parts of vessels the opening cut) stays out at any ball
+            cut_off = comp & ~mask & ~ndimage.binary_dilation(mask, _CONN6)
             balls = (first,) + (tuple(f for f in _RETRY_FACTORS if f > first) if retest else ())
             for f_o in balls:
                 grown = filled.copy()
@@ -754,8 +757,7 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool) -> Segment
                     opened = _opening(grown, r_o, sp)
                     if opened.any():
                         grown &= ndimage.binary_dilation(opened, _CONN6)
-                grown &= ~(comp & ~mask & ~ndimage.binary_dilation(mask, _CONN6))
-                grown = _component_nearest(grown, seed, sp)
+                grown = _component_nearest(grown & ~cut_off, seed, sp)
                 if not retest:
                     kept = grown.any()
                 else:
