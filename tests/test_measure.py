@@ -147,6 +147,49 @@ def test_axial_axes_unbiased_on_average_for_discs():
     assert abs(np.mean(errs)) < 0.25 * 0.7
 
 
+@pytest.mark.parametrize("spacing", SPACINGS)
+@pytest.mark.parametrize("abc", [(5.0, 3.5, 4.0), (2.5, 2.0, 2.2)])
+def test_axial_axes_contours_keep_each_slice_area(spacing, abc):
+    # the smoothed contour of every slice is taken at the level that encloses the
+    # slice's voxel area (module notes): smoothing must not shrink the section
+    from nodulegrowth.measure import _enclosed_area, _mask_slice_contours
+
+    m = ellipsoid_mask(spacing, *abc, offset=(0.1, 0.23, 0.31), rot=rot_z(35.0))
+    seen = 0
+    for k, cs in _mask_slice_contours(m, np.asarray(spacing, float)):
+        px = [c / np.asarray(spacing[1:]) for c in cs]
+        assert _enclosed_area(px) == pytest.approx(m[k].sum(), rel=2e-3, abs=0.05)
+        seen += 1
+    assert seen == int(m.any(axis=(1, 2)).sum())
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 0.7, 0.7), (1.25, 0.6, 0.6), (0.6, 0.6, 0.6)])
+@pytest.mark.parametrize("abc", [(5.0, 3.5, 4.0), (10.0, 8.0, 7.0)])
+def test_axial_axes_robust_to_a_noisy_boundary(spacing, abc):
+    # A segmentation of a noisy scan has single boundary voxels flipped at
+    # random. The longest chord over directions and slices picks such bumps: on
+    # the 0.5 contour of the raw mask (before 3-D smoothing) the mean diameter of
+    # these ellipsoids with a quarter of the boundary flipped was 0.32-0.58 mm
+    # too large on average (SD 0.15-0.29 mm over 20 draws); smoothing across
+    # slices with area-preserving levels must keep the bias and the spread
+    # below half the 0.5 mm diameter target.
+    from scipy import ndimage
+
+    a, b, c = abc
+    rng = np.random.default_rng(3)
+    errs = []
+    for _ in range(20):
+        m = ellipsoid_mask(spacing, a, b, c, offset=rng.uniform(-0.5, 0.5, 3) * spacing,
+                           rot=rot_z(rng.uniform(0, 180)))
+        edge = m & ~ndimage.binary_erosion(m)
+        out = ndimage.binary_dilation(m) & ~m
+        m[edge & (rng.random(m.shape) < 0.25)] = False
+        m[out & (rng.random(m.shape) < 0.25)] = True
+        errs.append(axial_axes(m, spacing).mean_mm - (a + b))
+    assert abs(np.mean(errs)) < 0.25
+    assert np.std(errs) < 0.25
+
+
 def test_axial_axes_subvoxel_on_hu_contour():
     # a partial-volume rendered disc: the HU iso-line at the midpoint is sub-voxel
     sp = (1.0, 1.0, 1.0)
