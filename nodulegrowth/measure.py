@@ -15,15 +15,16 @@ outside voxels; along the grid axes this is the voxel-boundary extent and it is
 unbiased (on average over sub-voxel positions) for a voxelised disc. The 3-D
 diameter uses the iso-surface at 0.5 of the mask smoothed by 0.7 voxel
 (``marching_cubes``). The axial axes use the iso-lines
-(``find_contours``) of the mask smoothed in 3-D by a Gaussian of 0.8 mm (at
-least 0.7 voxel in-plane), each slice at the level whose contour encloses
-that slice's voxel area: smoothing across neighbouring slices averages out
-boundary voxels flipped by image noise, which the longest chord would
-otherwise pick (the mean diameter of a noisy segmentation comes out a few
-tenths of a millimetre too large and varies as much between two scans), and
-the area-preserving level undoes the shrinkage smoothing causes on curved
-contours. It also rounds off sharp corners and tips a millimetre or so across
-(a spicule seen on a single thin slice is partly smoothed away).
+(``find_contours``) of the mask smoothed in 3-D by a Gaussian of 1 mm across
+slices and 0.6 mm (at least 0.7 voxel) in-plane, each slice at the level
+whose contour encloses that slice's voxel area: smoothing across
+neighbouring slices averages out boundary voxels flipped by image noise,
+which the longest chord would otherwise pick (the mean diameter of a noisy
+segmentation comes out a few tenths of a millimetre too large and varies as
+much between two scans), and the area-preserving level undoes the shrinkage
+smoothing causes on curved contours. It also rounds off sharp corners and
+tips a millimetre or so across (a spicule seen on a single thin slice is
+partly smoothed away).
 When the HU image and the segmentation threshold are given, the contour is
 instead the iso-line of the HU image at the threshold, which places the
 boundary at sub-voxel precision (the 50 % partial-volume level when the
@@ -108,24 +109,28 @@ def _check_mask(mask, name: str = "mask", allow_empty: bool = False) -> np.ndarr
     return m
 
 
-# Width of the Gaussian applied to a binary mask before its contours are taken.
+# Widths of the Gaussian applied to a binary mask before its contours are taken.
 # The raw 0.5 contour of a voxelised disc is a staircase whose corners stick out,
 # and the boundary of a segmentation of a noisy image has single voxels flipped
 # at random: the longest chord over all directions and slices is an extreme-value
 # statistic that picks such a corner or bump (biased upwards, and noisy: two scans
 # of the same nodule differ by more than their volumes do). Smoothing in 3-D
-# averages each slice's contour with its neighbours' (0.8 mm: about one slice
-# on thin-slice CT, almost nothing on 5 mm slices) and over a voxel or so
-# in-plane; at least 0.7 voxel in-plane rounds the staircase off. Smoothing
+# averages each slice's contour with its neighbours' (1 mm: about one slice on
+# thin-slice CT, almost nothing on 5 mm slices) and over a voxel or so in-plane
+# (0.6 mm, at least 0.7 voxel, which rounds the staircase off). Smoothing
 # shrinks a curved contour (by about sigma^2 / (2 R) in 2-D); the level of each
 # slice is therefore the one whose contour encloses the slice's voxel area,
 # which removes that shrinkage on average and keeps each slice's area (no
-# volume moves between slices). It still rounds sharp corners: where a
-# juxtapleural nodule's mask is cut flat along the wall its mean diameter comes
-# out about 0.1 mm smaller than with 0.7 voxel in-plane and 1 mm across slices,
-# which was as good for the change between scans but not robust to
-# independent voxel flips (tests/test_measure.py).
-_SMOOTH_SIGMA_MM = 0.8
+# volume moves between slices). It still rounds sharp corners and tips: a
+# 6 x 2 mm ellipse's long axis comes out about 0.9 mm short on 0.7 mm voxels
+# (0.6 mm with the former 0.5 line of a 0.7-voxel in-plane smoothing). Widths
+# compared on benchmark masks (tests/test_measure.py has the voxel-flip test):
+# 0.8 mm in-plane rounded more (that ellipse -1.2 mm, juxtapleural masks cut
+# flat along the wall -0.05 mm more) for no better change between two scans;
+# only 0.7 voxel in-plane (0.49 mm on 0.7 mm voxels) failed the voxel-flip test
+# (mean diameter +0.33 mm on a 20 x 16 x 14 mm ellipsoid).
+_SMOOTH_SIGMA_Z_MM = 1.0
+_SMOOTH_SIGMA_XY_MM = 0.6
 _SMOOTH_SIGMA_VOX = 0.7
 # Bisection steps for the area-preserving level (the level is found to
 # 2^-14 of the field's range; the area is then exact to far below a pixel).
@@ -146,9 +151,9 @@ def _smoothed_field(m: np.ndarray, sp: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
     Returns the field and the pad (voxels per axis) added on each side.
     """
-    sig = np.array([_SMOOTH_SIGMA_MM / sp[0],
-                    max(_SMOOTH_SIGMA_VOX, _SMOOTH_SIGMA_MM / sp[1]),
-                    max(_SMOOTH_SIGMA_VOX, _SMOOTH_SIGMA_MM / sp[2])])
+    sig = np.array([_SMOOTH_SIGMA_Z_MM / sp[0],
+                    max(_SMOOTH_SIGMA_VOX, _SMOOTH_SIGMA_XY_MM / sp[1]),
+                    max(_SMOOTH_SIGMA_VOX, _SMOOTH_SIGMA_XY_MM / sp[2])])
     pad = np.ceil(3.0 * sig).astype(int) + 1
     f = np.pad(m.astype(float), [(int(q), int(q)) for q in pad])
     return ndimage.gaussian_filter(f, sig, mode="constant", truncate=3.0), pad
@@ -325,8 +330,9 @@ def axial_axes(mask, spacing_zyx, *, hu=None, threshold_hu: float | None = None)
 
     where :math:`C_k` is the closed contour of slice :math:`k` in millimetres
     and :math:`k^*` the slice of the long axis. The contour of slice :math:`k`
-    is the iso-line of the mask smoothed in 3-D (Gaussian of 0.8 mm, at least
-    0.7 voxel in-plane) at the level :math:`\lambda_k` whose contour encloses
+    is the iso-line of the mask smoothed in 3-D (Gaussian :math:`G_\sigma` of
+    1 mm along z and 0.6 mm, at least 0.7 voxel, in-plane) at the level
+    :math:`\lambda_k` whose contour encloses
     the slice's voxel area,
 
     .. math::
@@ -836,7 +842,7 @@ def measure_nodule(mask, spacing_zyx, *, origin_xyz=(0.0, 0.0, 0.0), direction=N
         when it is None or empty.
     threshold_hu : float, optional
         Segmentation threshold; with ``hu`` the axes are measured on the
-        sub-voxel HU iso-line instead of the mask's voxel faces.
+        sub-voxel HU iso-line instead of the smoothed mask (see :func:`axial_axes`).
 
     Returns
     -------
