@@ -237,10 +237,13 @@ def accuracy(n_per_cell, rng, types, bands, thicknesses, locations):
                         interval = float(rng.integers(60, 400))
                         row = dict(kind=kind, band=f"{lo:g}-{hi:g}", thickness=thk, location=loc,
                                    diameter=d, ratio=ratio, interval=interval)
+                        # both scans are rendered before anything is segmented, so that
+                        # the random stream (and every later case) does not depend on
+                        # whether a segmentation fails: an A/B run compares the same cases
+                        scans = [scan(scene, scale, thk, rng) for scale in (1.0, ratio ** (1 / 3))]
                         try:
                             res, truth, redo = [], [], {}
-                            for when, scale in (("T1", 1.0), ("T2", ratio ** (1 / 3))):
-                                img, sp, click, o = scan(scene, scale, thk, rng)
+                            for when, (img, sp, click, o) in zip(("T1", "T2"), scans):
                                 res.append((*measure_scan(img, sp, click), None))
                                 truth.append((o, *o.axial_axes()))
                                 redo[when] = (lambda t, a=(img, sp, click): (*measure_scan(*a, nodule_type=t), None))
