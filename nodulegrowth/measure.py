@@ -9,10 +9,11 @@ Boundary convention
 A voxelised object occupies its voxels *as boxes*: a disc of radius ``R``
 sampled on a grid of pitch ``h`` covers about ``2R / h`` voxels along a
 diameter, so a diameter measured between the *centres* of the two extreme
-voxels is one voxel too short. All lengths here are measured on the
-iso-contour of the mask, which runs along the voxel faces between inside and
-outside voxels; along the grid axes this is the voxel-boundary extent and it is
-unbiased (on average over sub-voxel positions) for a voxelised disc. The 3-D
+voxels is one voxel too short. All lengths here are measured on an
+iso-contour of the (smoothed) mask, which runs along the voxel faces between
+inside and outside voxels; along the grid axes this is the voxel-boundary
+extent and it is unbiased (on average over sub-voxel positions) for a
+voxelised disc. The 3-D
 diameter uses the iso-surface at 0.5 of the mask smoothed by 0.7 voxel
 (``marching_cubes``). The axial axes use the iso-lines
 (``find_contours``) of the mask smoothed in 3-D by a Gaussian of 1 mm across
@@ -186,7 +187,7 @@ def _area_preserving_contours(f2: np.ndarray, target_px: float) -> list[np.ndarr
 # --------------------------------------------------------------------------
 # 2-D helpers
 # --------------------------------------------------------------------------
-def _slice_contours(mask2d: np.ndarray, field2d: np.ndarray | None, level: float | None,
+def _slice_contours(mask2d: np.ndarray, field2d: np.ndarray, level: float,
                     spacing_yx: np.ndarray) -> list[np.ndarray]:
     """Closed iso-contours of one axial slice on the HU image, in mm ``(y, x)`` (array frame)."""
     # The HU field is restricted to the mask dilated by one voxel, so that the
@@ -210,7 +211,8 @@ def _mask_slice_contours(m: np.ndarray, sp: np.ndarray):
     for k in np.flatnonzero(m.any(axis=(1, 2))):
         cs = _area_preserving_contours(f[k + pad[0]], float(m[k].sum()))
         if not cs:  # pragma: no cover - a non-empty slice keeps a positive field
-            cs = [c for c in skmeasure.find_contours(np.pad(m[k].astype(float), pad[1:]), 0.5) if len(c) >= 2]
+            raw = np.pad(m[k].astype(float), [(int(pad[1]), int(pad[1])), (int(pad[2]), int(pad[2]))])
+            cs = [c for c in skmeasure.find_contours(raw, 0.5) if len(c) >= 2]
         yield int(k), [(c - pad[1:]) * sp[1:] for c in cs]
 
 
@@ -332,8 +334,7 @@ def axial_axes(mask, spacing_zyx, *, hu=None, threshold_hu: float | None = None)
     and :math:`k^*` the slice of the long axis. The contour of slice :math:`k`
     is the iso-line of the mask smoothed in 3-D (Gaussian :math:`G_\sigma` of
     1 mm along z and 0.6 mm, at least 0.7 voxel, in-plane) at the level
-    :math:`\lambda_k` whose contour encloses
-    the slice's voxel area,
+    :math:`\lambda_k` whose contour encloses the slice's voxel area,
 
     .. math::
 
