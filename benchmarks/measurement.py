@@ -464,7 +464,7 @@ def phantom_check(seeds, preset, nodules=None):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=4, help="nodule pairs per (type, size, thickness, location) cell")
-    ap.add_argument("--rep-nodules", type=int, default=2, help="nodules per repeatability cell")
+    ap.add_argument("--rep-nodules", type=int, default=4, help="nodules per repeatability cell")
     ap.add_argument("--rep-repeats", type=int, default=5, help="scans per nodule for repeatability")
     ap.add_argument("--quick", action="store_true", help="1 pair per cell, fewer repeats")
     ap.add_argument("--seed", type=int, default=20261125)
