@@ -340,26 +340,23 @@ def repeatability(n_nodules, n_repeats, rng, types, bands, thicknesses):
 def _one_type(results):
     """Repeats of one nodule typed as the pipeline types two scans of it.
 
-    The pipeline segments T1 and T2 with one type when one of them is
-    part-solid (``harmonise_types``); any two repeats are such a pair, so when
-    some repeats are typed part-solid the others are segmented again as
-    part-solid (kept as they were if that leaks, as ``harmonise_types`` does).
-    Without this a part-solid nodule whose rim only some repeats show varies
-    between its core and its whole (CV 30-65 % on 6-10 mm part-solid nodules),
-    which is not the variation of a measured change.
+    Any two repeats are a T1/T2 pair to the pipeline, which segments both with
+    one type when one of them is part-solid (``harmonise_types``, which also
+    keeps a repeat as it was when the forced type leaks): each repeat is paired
+    with a part-solid one. Without this a part-solid nodule whose rim only some
+    repeats show varies between its core and its whole (CV 30-65 % on 6-10 mm
+    part-solid nodules), which is not the variation of a measured change.
     """
-    types = {seg.nodule_type for _, seg, _ in results}
-    if "part_solid" not in types or len(types) == 1:
+    ref = next(((seg, m, None) for _, seg, m in results if seg.nodule_type == "part_solid"), None)
+    if ref is None:
         return results
     out = []
     for args, seg, m in results:
-        if seg.nodule_type != "part_solid":
-            try:
-                seg2, m2 = measure_scan(*args, nodule_type="part_solid")
-            except NoduleGrowthError:
-                seg2 = None
-            if seg2 is not None and "segmentation_leak" not in seg2.flags:
-                seg, m = seg2, m2
+        redo = {"T2": lambda t, a=args: (*measure_scan(*a, nodule_type=t), None)}
+        try:
+            _, (seg, m, _), _ = harmonise_types(ref, (seg, m, None), redo)
+        except NoduleGrowthError:
+            pass  # the forced segmentation failed: the repeat stays as it was
         out.append((args, seg, m))
     return out
 

@@ -168,9 +168,10 @@ def test_axial_axes_contours_keep_each_slice_area(spacing, abc):
 def test_axial_axes_robust_to_a_noisy_boundary(spacing, abc):
     # A segmentation of a noisy scan has single boundary voxels flipped at
     # random. The longest chord over directions and slices picks such bumps: on
-    # the 0.5 contour of the raw mask (before 3-D smoothing) the mean diameter of
-    # these ellipsoids with a quarter of the boundary flipped was 0.32-0.58 mm
-    # too large on average (SD 0.15-0.29 mm over 20 draws); smoothing across
+    # the 0.5 contour of a 0.7-voxel in-plane smoothing (the method before
+    # fd3586c) the mean diameter of these ellipsoids with a quarter of the
+    # boundary flipped was 0.31-0.60 mm too large on average (SD 0.16-0.29 mm
+    # over these 20 draws; all 6 cases fail); smoothing across
     # slices with area-preserving levels must keep the bias and the spread
     # below half the 0.5 mm diameter target.
     from scipy import ndimage
