@@ -122,6 +122,8 @@ HU_CANCELLOUS = 230.0
 HU_DISC = 90.0
 HU_CSF = 20.0
 HU_PAD = -1024.0  # value outside the circular reconstruction field of view
+#: HU of a nodule's central lucency (air in a cavity or bubble-like lucency)
+LUCENCY_HU = HU_AIR
 
 
 # ---------------------------------------------------------------------------
@@ -248,6 +250,13 @@ class NoduleSpec:
         HU of the (solid or ground-glass) nodule tissue.
     core_hu : float or None
         HU of the solid core of a part-solid nodule.
+    lucency_fraction : float
+        Radius of a central air-filled lucency (a bubble-like lucency or a
+        cavity, :data:`LUCENCY_HU`) relative to the shape's inscribed radius
+        at its centre, in [0, 0.7]; 0 (the default, never drawn at random)
+        means none. The lucency is part of the nodule, as in Lung-RADS and
+        Fleischner measurements: the truth (volume, diameters) is that of the
+        whole shape; it scales with the nodule.
 
     Examples
     --------
@@ -267,6 +276,7 @@ class NoduleSpec:
     core_fraction: float | None = None
     hu: float | None = None
     core_hu: float | None = None
+    lucency_fraction: float = 0.0
 
     def validate(self, name: str = "nodule") -> None:
         """Raise :class:`PhantomSpecError` if a given field is invalid."""
@@ -283,6 +293,10 @@ class NoduleSpec:
             )
         if self.core_fraction is not None and not (0.1 <= float(self.core_fraction) <= 0.9):
             raise PhantomSpecError(f"{name}: core_fraction={self.core_fraction} outside [0.1, 0.9]")
+        if not (0.0 <= float(self.lucency_fraction) <= 0.7):
+            raise PhantomSpecError(
+                f"{name}: lucency_fraction={self.lucency_fraction} outside [0, 0.7]; 0 means no lucency"
+            )
 
 
 @dataclass(frozen=True)
@@ -890,6 +904,7 @@ class _Nodule:
     center1: np.ndarray = None       # shape centre, T1 world (= body) mm
     center2: np.ndarray = None       # shape centre, T2 world mm
     clip: bool = False
+    lucency: float = 0.0             # central lucency radius / inscribed radius at the centre
 
     @property
     def scale2(self) -> float:
@@ -926,10 +941,18 @@ class _Nodule:
             return self.center1, self.rot_local, 1.0
         return self.center2, geometry.rotation @ self.rot_local, self.scale2
 
+    @property
+    def lucency_radius(self) -> float:
+        """Radius (mm, T1 size) of the central lucency (0 when none)."""
+        return self.lucency * float(-self.phi_local(np.zeros((1, 3)))[0])
+
     def phi(self, pts: np.ndarray, time: int, geometry: PairGeometry, anatomy: _Anatomy,
-            core: bool = False) -> np.ndarray:
-        """Implicit function of the nodule (or its solid core) at world points (..., 3)."""
+            core: bool = False, lucency: bool = False) -> np.ndarray:
+        """Implicit function of the nodule (or its solid core, or its lucency) at world points (..., 3)."""
         c, rot, s = self.frame(time, geometry)
+        if lucency:
+            q = pts - c
+            return np.sqrt((q * q).sum(axis=-1)) - s * self.lucency_radius
         if core:
             s = s * self.core_fraction
         q = (pts - c) @ rot / s
@@ -989,7 +1012,7 @@ def _random_nodule(spec: NoduleSpec, nid: int, rng: np.random.Generator) -> _Nod
         f = (math.pi * d ** 3 / 6.0 / v_unit) ** (1.0 / 3.0)
         params = {"centers": centers * f, "radii": radii * f}
     return _Nodule(nid, kind, shape, location, side, d, ratio, core, float(hu), float(core_hu),
-                   rot, params)
+                   rot, params, lucency=float(spec.lucency_fraction))
 
 
 # ---------------------------------------------------------------------------
@@ -1423,13 +1446,18 @@ def _draw_nodule(arr: np.ndarray, grid: _Grid, nod: _Nodule, time: int, geometry
         occ = _occupancy(grid, nod, time, geometry, anat, sub=sub, core=True)
         if occ is not None:
             _blend(arr[occ[0]], nod.core_hu, occ[1])
+    if nod.lucency > 0:
+        occ = _occupancy(grid, nod, time, geometry, anat, sub=sub, lucency=True)
+        if occ is not None:
+            _blend(arr[occ[0]], LUCENCY_HU, occ[1])
 
 
 def _occupancy(grid: _Grid, nod: _Nodule, time: int, geometry: PairGeometry, anat: _Anatomy,
-               sub: int = 3, core: bool = False):
-    """Partial-volume occupancy of the nodule in its bounding box of ``grid``."""
+               sub: int = 3, core: bool = False, lucency: bool = False):
+    """Partial-volume occupancy of the nodule (its core, its lucency) in its bounding box of ``grid``."""
     c, _, s = nod.frame(time, geometry)
-    r = nod.r_bound * s * (nod.core_fraction if core else 1.0) + 2.0 * float(grid.spacing.max())
+    extent = nod.lucency_radius if lucency else nod.r_bound * (nod.core_fraction if core else 1.0)
+    r = extent * s + 2.0 * float(grid.spacing.max())
     corners = np.array([[dx, dy, dz] for dx in (-r, r) for dy in (-r, r) for dz in (-r, r)]) + c
     idx = grid.index(corners)
     size = np.array(grid.size)
@@ -1449,7 +1477,7 @@ def _occupancy(grid: _Grid, nod: _Nodule, time: int, geometry: PairGeometry, ana
         for oy in offs:
             for oz in offs:
                 pts = grid.world(base + np.array([ox, oy, oz]))
-                f = nod.phi(pts, time, geometry, anat, core=core)
+                f = nod.phi(pts, time, geometry, anat, core=core, lucency=lucency)
                 occ += np.clip(0.5 - f / h, 0.0, 1.0)
     occ /= sub ** 3
     sl = (slice(lo[2], hi[2]), slice(lo[1], hi[1]), slice(lo[0], hi[0]))

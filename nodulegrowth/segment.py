@@ -14,7 +14,10 @@ surrounding lung. Every threshold is derived from the image itself:
    while the click itself lies in a structure, the segmentation is made
    again from the click (beside the
    chest wall or a vessel, the densest voxel near a faint nodule is the wall
-   or the vessel).
+   or the vessel). If that fails too and the click lies in a pocket enclosed
+   by denser tissue within 12 mm (the cavity of a cavitated nodule), the
+   nodule is grown from the nearest voxel of that wall and must contain the
+   click.
 3. **Core level** :math:`C`: 95th percentile of the lightly smoothed image in
    a 1.5 mm ball around the seed.
 4. **Threshold** at the midpoint :math:`t = (P + C) / 2`, so the boundary lies
@@ -477,7 +480,18 @@ def segment_nodule(volume_hu, spacing_zyx, seed_zyx, *, lung_mask=None, nodule_t
         try:
             return _segment(vol, sp, seed0, lung, nodule_type, refine_seed=False)
         except SegmentationError:
-            raise first from None
+            pass
+        # The centre of a cavitated nodule lies in its cavity, farther than
+        # the 2 mm of the seed refinement from the wall around it
+        around = _seed_around_lucency(vol, sp, seed0, lung)
+        if around is not None:
+            try:
+                seg = _segment(vol, sp, around, lung, nodule_type, refine_seed=False)
+            except SegmentationError:
+                raise first from None
+            if seg.mask[seed0]:
+                return seg
+        raise first from None
     if "seed_outside_nodule" in seg.flags and seg.seed_zyx != seed0:
         # The refined seed is the densest voxel near the click. Beside the
         # chest wall or a vessel that can be the wall or the vessel rather than
@@ -837,6 +851,41 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool) -> Segment
         core_hu=float(C),
         solid_threshold_hu=float(t_solid),
     )
+
+
+def _seed_around_lucency(vol: np.ndarray, sp: np.ndarray, seed0, lung, max_radius_mm: float = 12.0):
+    """A seed in the wall of a lucency (cavity) enclosing ``seed0``, or None.
+
+    At a few levels between the parenchyma :math:`P` and the densest voxel
+    :math:`M` within ``max_radius_mm`` of the click (:math:`P + f (M - P)`,
+    :math:`f` = 0.5, 0.3, 0.15), the below-level region around the click is
+    examined: when it is a closed pocket (its hole-filled dense surroundings
+    cover it, and it stays within ``max_radius_mm`` of the click), the
+    nearest voxel at that level is returned (voxel index ``(z, y, x)``).
+    A click in the open lung is enclosed at no level and gives None.
+    """
+    sm = ndimage.gaussian_filter(vol, [0.5 if sp[0] <= 1.5 else 0.0, 0.5, 0.5], mode="nearest")
+    P, _ = _lung_stats(vol, lung)
+    _, vals = _values_in_ball(sm, seed0, max_radius_mm, sp)
+    m = float(vals.max())
+    if m <= P:
+        return None
+    half = np.ceil(max_radius_mm / np.asarray(sp)).astype(int) + 1
+    box = tuple(slice(max(0, c - h), min(n, c + h + 1)) for c, h, n in zip(seed0, half, sm.shape))
+    sub = sm[box]
+    c = tuple(int(v) - b.start for v, b in zip(seed0, box))
+    for f in (0.5, 0.3, 0.15):
+        dense = sub >= P + f * (m - P)
+        if dense[c]:
+            return None  # the click is in a structure: the usual paths apply
+        pocket = _component_at(~dense, c)
+        if not (ndimage.binary_fill_holes(dense) & pocket).any():
+            continue  # open to the lung (or to the box border) at this level
+        d, idx = ndimage.distance_transform_edt(~dense, sampling=sp, return_indices=True)
+        if d[c] > max_radius_mm:
+            return None
+        return tuple(int(idx[a][c]) + box[a].start for a in range(3))
+    return None
 
 
 def _air_around(air: np.ndarray, seed, radius_mm: float, sp) -> np.ndarray:

@@ -129,6 +129,32 @@ def test_nodule_centre_voxel_has_nodule_hu(small_pair):
             assert abs(v - hu) < 5 * sd, (row.nodule_id, t, v, hu)
 
 
+@pytest.mark.parametrize("shape", ["sphere", "ellipsoid", "lobulated"])
+def test_central_lucency_is_air_and_leaves_the_truth_unchanged(shape):
+    specs = [NoduleSpec(kind="solid", shape=shape, location="isolated", diameter_mm=20.0, volume_ratio=1.5,
+                        side="right", lucency_fraction=f) for f in (0.0, 0.5)]
+    plain, cavitated = (make_pair(5, nodules=[spec]) for spec in specs)
+    # the lucency is part of the nodule: same truth (volume, diameters, centres)
+    pd.testing.assert_frame_equal(plain.truth, cavitated.truth)
+    row = cavitated.truth.iloc[0]
+    nod = cavitated._nodules[0]
+    for img_p, img_c, t in ((plain.t1, cavitated.t1, "t1"), (plain.t2, cavitated.t2, "t2")):
+        c = (row[f"{t}_x"], row[f"{t}_y"], row[f"{t}_z"])
+        assert abs(_value_at(img_p, c) - nod.hu) < 60.0
+        # a 2.25 x 2.25 x 2.5 mm voxel at the centre of a lucency >= 4 mm across
+        assert _value_at(img_c, c) < -600.0
+    # the images differ only in the lucency and its blurred edge (PSF and
+    # slice profile: within two slice thicknesses)
+    r = nod.lucency_radius
+    a = sitk.GetArrayFromImage(plain.t1).astype(float)
+    b = sitk.GetArrayFromImage(cavitated.t1).astype(float)
+    far = np.abs(a - b) > 1e-3
+    idx = np.argwhere(far)[:, ::-1].astype(float)  # (x, y, z) index order
+    pts = np.array([plain.t1.TransformContinuousIndexToPhysicalPoint(tuple(v)) for v in idx])
+    d = np.linalg.norm(pts - np.array([row["t1_x"], row["t1_y"], row["t1_z"]]), axis=1)
+    assert far.any() and d.max() < r + 2 * 2.5
+
+
 @pytest.mark.parametrize("spacing_xy,size_xy,thickness,spacing_z", [
     (4.2, 80, 4.0, 4.0), (3.0, 112, 3.0, 2.0), (5.0, 72, 2.0, 5.0)])
 def test_geometry_overrides_and_nodule_contrast(spacing_xy, size_xy, thickness, spacing_z):
@@ -327,6 +353,7 @@ def test_locations_touch_what_they_should(mixed_pair):
     ({"nodules": [NoduleSpec(diameter_mm=40.0)]}, "diameter_mm=40.0 outside"),
     ({"nodules": [NoduleSpec(kind="calcified")]}, "kind='calcified' unknown"),
     ({"nodules": [NoduleSpec(volume_ratio=0.0)]}, "volume_ratio=0.0 outside"),
+    ({"nodules": [NoduleSpec(lucency_fraction=0.8)]}, "lucency_fraction=0.8 outside"),
     ({"t2_scan": {"spacing_xy": 0.0}}, "spacing_xy=0.0 mm outside"),
     ({"t2_scan": {"pixel": 3}}, "t2_scan: .*pixel"),
     ({"interval_days": 0}, "interval_days=0"),

@@ -417,6 +417,32 @@ def test_nodule_with_a_central_lucency_is_not_inflated(spacing, kind, r, r_cavit
 
 
 @pytest.mark.parametrize("spacing", [(1.0, 0.7, 0.7), (2.5, 0.8, 0.8)])
+@pytest.mark.parametrize("kind", [SOLID, GGO])
+@pytest.mark.parametrize("on_wall", [False, True])
+def test_cavitated_nodule_clicked_in_its_cavity(spacing, kind, on_wall):
+    # the reader's centre is in an air cavity 3 mm across its radius, beyond
+    # the 2 mm of the seed refinement: "no structure denser than the lung"
+    # before; the wall enclosing the click is found and grown from
+    r = 7.0
+    objects = [(lambda z, y, x: x >= r, 40.0)] if on_wall else []
+    objects += [(ball(r), kind), (ball(3.0), -1000.0)]
+    img, c = render(objects, spacing, size_mm=36.0, seed=5)
+    seg = segment_nodule(img, spacing, c)
+    assert seg.nodule_type == ("solid" if kind == SOLID else "ground_glass")
+    assert seg.mask[tuple(int(round(v)) for v in c)]
+    v_true = 4 / 3 * math.pi * r ** 3
+    assert abs(volume_mm3(seg.mask, spacing) / v_true - 1) < rel_tol(spacing, r)
+
+
+def test_click_in_the_open_lung_still_fails():
+    # the cavity search must not pull a click in the lung onto a nearby nodule
+    sp = (1.0, 0.7, 0.7)
+    img, c = render([(ball(4.0), SOLID)], sp, size_mm=36.0, seed=5)
+    with pytest.raises(SegmentationError, match="no structure denser than the lung"):
+        segment_nodule(img, sp, (c[0], c[1], c[2] + 8.0 / sp[2]))
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 0.7, 0.7), (2.5, 0.8, 0.8)])
 @pytest.mark.parametrize("wall_mm", [12.0, 18.0])
 def test_juxtapleural_nodule_behind_a_thin_chest_wall(spacing, wall_mm):
     # lung | chest wall (muscle) | air outside the body. A rolling ball wider
