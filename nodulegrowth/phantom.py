@@ -944,7 +944,14 @@ class _Nodule:
     @property
     def lucency_radius(self) -> float:
         """Radius (mm, T1 size) of the central lucency (0 when none)."""
-        return self.lucency * float(-self.phi_local(np.zeros((1, 3)))[0])
+        p = self.params
+        if self.shape == "sphere":
+            r_in = p["R"]
+        elif self.shape == "ellipsoid":
+            r_in = float(np.min(p["abc"]))
+        else:  # the central sphere of the union (centred at the origin)
+            r_in = float(p["radii"][0])
+        return self.lucency * float(r_in)
 
     def phi(self, pts: np.ndarray, time: int, geometry: PairGeometry, anatomy: _Anatomy,
             core: bool = False, lucency: bool = False) -> np.ndarray:

@@ -146,6 +146,7 @@ def test_central_lucency_is_air_and_leaves_the_truth_unchanged(shape):
     # the images differ only in the lucency and its blurred edge (PSF and
     # slice profile: within two slice thicknesses)
     r = nod.lucency_radius
+    assert 0.0 < r <= 0.5 * nod.r_bound + 1e-9  # finite: the ellipsoid once gave inf
     a = sitk.GetArrayFromImage(plain.t1).astype(float)
     b = sitk.GetArrayFromImage(cavitated.t1).astype(float)
     far = np.abs(a - b) > 1e-3
