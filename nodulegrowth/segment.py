@@ -483,7 +483,10 @@ def segment_nodule(volume_hu, spacing_zyx, seed_zyx, *, lung_mask=None, nodule_t
             pass
         # The centre of a cavitated nodule lies in its cavity, farther than
         # the 2 mm of the seed refinement from the wall around it
-        around = _seed_around_lucency(vol, sp, seed0, lung)
+        try:
+            around = _seed_around_lucency(vol, sp, seed0, lung)
+        except SegmentationError:
+            around = None
         if around is not None:
             try:
                 seg = _segment(vol, sp, around, lung, nodule_type, refine_seed=False)
