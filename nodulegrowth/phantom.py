@@ -253,7 +253,9 @@ class NoduleSpec:
     lucency_fraction : float
         Radius of a central air-filled lucency (a bubble-like lucency or a
         cavity, :data:`LUCENCY_HU`) relative to the shape's inscribed radius
-        at its centre, in [0, 0.7]; 0 (the default, never drawn at random)
+        at its centre (the sphere's radius, the ellipsoid's smallest
+        semi-axis, a lobulated shape's central lobe radius), in [0, 0.7];
+        0 (the default, never drawn at random)
         means none. The lucency is part of the nodule, as in Lung-RADS and
         Fleischner measurements: the truth (volume, diameters) is that of the
         whole shape; it scales with the nodule.
