@@ -1060,7 +1060,7 @@ def _pv_threshold(sm, mask, dense, wall, G, sp, inplane, *, two_tissue: bool, co
         # filled in the mask, or blurred above the threshold when small) is
         # deep but not tissue, and its air read as the tissue level inflated
         # the partial-volume sum (a 12 mm solid nodule with a 2-3 mm
-        # lucency at its centre: +20 to +41 %, unflagged). A blurred nodule
+        # lucency at its centre: +22 to +41 %, unflagged). A blurred nodule
         # is densest at its centre; one whose deepest voxels read darker
         # than the layer around them (by a tenth of the contrast, several
         # noise SDs of the medians) holds a lucency, and the deepest voxels
@@ -1073,8 +1073,8 @@ def _pv_threshold(sm, mask, dense, wall, G, sp, inplane, *, two_tissue: bool, co
             layer = (depth >= depth.max() - 2.0 * w) & ~band
             lucent = layer.sum() >= 7 and \
                 np.median(sm[mask][band]) < np.median(sm[mask][layer]) - 0.2 * (G - threshold)
-            tissue = mask & (sm >= 0.5 * (threshold + G))
-            if lucent and tissue.sum() >= 7:
+            tissue = mask & (sm >= 0.5 * (threshold + G)) if lucent else None
+            if tissue is not None and tissue.sum() >= 7:
                 d_t = _morph.edt(tissue, sp)[mask]
                 w_t = min(max(0.5 * float(d_t.max()), 0.5), 1.0)
                 band_t = d_t >= min(d_t.max() - w_t, np.sort(d_t)[-7])

@@ -76,6 +76,14 @@ def rel_tol(spacing, radius):
     return 3 * 0.25 * h / radius
 
 
+def assert_juxtapleural_ball(seg, spacing, r):
+    """A juxtapleural ball of radius ``r`` (mm): no leak, volume within twice :func:`rel_tol`."""
+    assert seg.location == "juxtapleural"
+    assert "segmentation_leak" not in seg.flags and "touches_roi_border" not in seg.flags
+    v_true = 4 / 3 * math.pi * r ** 3
+    assert abs(volume_mm3(seg.mask, spacing) / v_true - 1) < 2 * rel_tol(spacing, r)
+
+
 # --------------------------------------------------------------------------
 # isolated nodules of each type
 # --------------------------------------------------------------------------
@@ -365,11 +373,8 @@ def test_juxtapleural_nodule_separated_from_wall(spacing, with_lung_mask):
         x = (np.arange(n[2]) - (n[2] - 1) / 2) * spacing[2]
         lung = np.broadcast_to(x < wall_x, n)
     seg = segment_nodule(img, spacing, c, lung_mask=lung)
-    assert seg.location == "juxtapleural"
     assert "touches_pleura" in seg.flags
-    assert "segmentation_leak" not in seg.flags and "touches_roi_border" not in seg.flags
-    v_true = 4 / 3 * math.pi * r ** 3
-    assert abs(volume_mm3(seg.mask, spacing) / v_true - 1) < 2 * rel_tol(spacing, r)
+    assert_juxtapleural_ball(seg, spacing, r)
 
 
 @pytest.mark.parametrize("spacing", [(1.0, 0.7, 0.7), (0.6, 0.5, 0.5)])
@@ -390,11 +395,8 @@ def test_juxtapleural_nodule_with_a_lucency_beside_the_seed(spacing, kind, bubbl
     bubble = (ball(bubble_mm, (0.0, 0.0, -(bubble_mm + 0.6))), LUNG)
     img, c = render([wall, (ball(r), kind), bubble], spacing, size_mm=36.0, seed=5)
     seg = segment_nodule(img, spacing, c)
-    assert seg.location == "juxtapleural"
-    assert "segmentation_leak" not in seg.flags and "touches_roi_border" not in seg.flags
     # the lucency is inside the nodule: the mask's holes are filled
-    v_true = 4 / 3 * math.pi * r ** 3
-    assert abs(volume_mm3(seg.mask, spacing) / v_true - 1) < 2 * rel_tol(spacing, r)
+    assert_juxtapleural_ball(seg, spacing, r)
 
 
 @pytest.mark.parametrize("spacing", [(1.0, 0.7, 0.7), (2.5, 0.8, 0.8)])
@@ -454,10 +456,7 @@ def test_juxtapleural_nodule_behind_a_thin_chest_wall(spacing, wall_mm):
     outside = (lambda z, y, x: x >= r + wall_mm, -1000.0)
     img, c = render([wall, outside, (ball(r), SOLID)], spacing, size_mm=56.0, seed=9, offset=(0.0, 0.0, 8.0))
     seg = segment_nodule(img, spacing, c)
-    assert seg.location == "juxtapleural"
-    assert "segmentation_leak" not in seg.flags and "touches_roi_border" not in seg.flags
-    v_true = 4 / 3 * math.pi * r ** 3
-    assert abs(volume_mm3(seg.mask, spacing) / v_true - 1) < 2 * rel_tol(spacing, r)
+    assert_juxtapleural_ball(seg, spacing, r)
 
 
 @pytest.mark.parametrize("spacing", [(1.0, 0.7, 0.7), (0.6, 0.5, 0.5)])
