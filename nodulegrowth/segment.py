@@ -74,6 +74,17 @@ surrounding lung. Every threshold is derived from the image itself:
    centre); the mask is regrown at that threshold without the structures
    that were not part of the region at :math:`t` and re-opened, with the
    ball the separation at :math:`t` needed, to keep vessel stubs out.
+10. **Vessel stubs** (slices up to twice the in-plane size): a piece of the
+    mask that the leak test's ball (0.7 times the mask's largest inscribed
+    radius) cannot reach, that protrudes at least max(1.5 mm, 2.25 voxels)
+    beyond that ball's opening, touches a dense structure that goes on
+    outside the mask, and reaches above the nodule's tissue level (+3 noise
+    SD: a vessel is denser than ground glass, a nodule's blurred tip is
+    not) is a vessel stub that the opening of step 6 left (its ball is
+    small when the seed sits off-centre in an elongated nodule) and is
+    removed (:func:`_trim_vessel_stubs`). A solid nodule's vessel is no
+    denser than the nodule, so nothing tells its stub from a lobe: there
+    only the leak flags speak.
 
 QC flags (for the contract's ``qc_flags``): ``touches_pleura`` (the mask
 touches the chest wall), ``touches_roi_border``, ``segmentation_leak`` (the mask
@@ -800,6 +811,16 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool) -> Segment
                         solid_mask = solid_mask & mask
                     break
 
+    # --- vessel stubs ---------------------------------------------------------
+    # only where 3-D balls are resolved along z (the leak test's condition);
+    # a faint vessel beside a flat ground-glass nodule clicked off-centre kept
+    # a stub (benchmark default grid, a 10 mm nodule on 1.25 mm slices: +18 %
+    # volume, mean diameter +2.4 mm; +1 % after)
+    if near_isotropic:
+        mask = _trim_vessel_stubs(mask, (sm >= t) & ~mask & ~wall, sm, G + 3.0 * sigma_s, seed, sp, inplane)
+        if solid_mask is not None:
+            solid_mask = solid_mask & mask
+
     # --- location and flags -------------------------------------------------
     near = ndimage.binary_dilation(mask, ndimage.generate_binary_structure(3, 3))
     location = "isolated"
@@ -1325,3 +1346,93 @@ def _edge_asymmetry(sm, wall, mask, P, C, sp, *, others=None, inplane=None, d_ma
     if inner <= 0:
         return 0.0 if r[0.15] <= r[0.5] else math.inf
     return (r[0.15] - r[0.5]) / inner
+
+
+def _trim_vessel_stubs(mask: np.ndarray, others: np.ndarray, sm: np.ndarray, dense_level: float, seed, sp,
+                       inplane: float) -> np.ndarray:
+    r"""The mask without vessel stubs that the separating opening left on it.
+
+    The opening of step 6 uses a ball of :math:`0.45\, r_{in}`, with
+    :math:`r_{in}` the seed's distance to the background: small when the
+    seed sits off-centre in an elongated nodule, so that a vessel about as
+    thick as that ball stays attached for a few millimetres where it runs
+    along the nodule. A piece of the mask is such a stub when
+
+    * a ball of radius :math:`0.7\, r_{ref}` (:math:`r_{ref}` the mask's
+      largest inscribed radius, as in the leak test) cannot reach it: the
+      mask opened by that ball, grown by one voxel, leaves it out;
+    * it protrudes at least :math:`\max(1.5\ \text{mm}, 2.25\ h)` from that
+      opened mask (:math:`h` the in-plane voxel size): the opening also
+      shaves thin layers off the nodule's own surface where it is curved
+      more tightly than the ball, and those stay;
+    * it touches (within two voxels) a dense structure of ``others``
+      that continues away from the mask (:func:`_attached_structures`): a
+      lobe or tip of the nodule ends in the lung, a vessel goes on;
+    * its densest voxel reaches ``dense_level`` (the nodule's tissue level
+      plus 3 noise SD of the smoothed image): a vessel is denser than
+      ground glass, while a nodule's tip is blurred below its own tissue
+      level (a 6.5 mm solid nodule's tip beside a vessel, cut without this
+      test: -9 % -> -18 % volume). A solid nodule's stub is therefore never
+      trimmed; the leak flags speak for it.
+
+    Such pieces are removed, unless that would remove 40 % of the mask or
+    more (then the mask is returned unchanged: a guess that large is not
+    made silently; the leak test judges that mask). Only meaningful on
+    near-isotropic voxels, where the balls are resolved along z.
+
+    Parameters
+    ----------
+    mask : ndarray of bool, shape (z, y, x)
+        The nodule mask.
+    others : ndarray of bool, shape (z, y, x)
+        Dense voxels that are neither the mask nor the chest wall.
+    sm : ndarray of float, shape (z, y, x)
+        The smoothed image (HU).
+    dense_level : float
+        HU a piece must reach to count as a vessel (see above).
+    seed : tuple of int
+        Seed index (z, y, x); the component nearest to it is kept.
+    sp : ndarray, shape (3,)
+        Spacing (z, y, x) in mm.
+    inplane : float
+        In-plane voxel size (mm).
+
+    Returns
+    -------
+    ndarray of bool, shape (z, y, x)
+        The trimmed mask (the input itself when nothing is trimmed).
+    """
+    sl = ndimage.find_objects(mask.astype(np.uint8))[0]
+    pad = tuple(slice(max(0, s.start - 3), min(n, s.stop + 3)) for s, n in zip(sl, mask.shape))
+    m = mask[pad]
+    r_ref = float(_morph.edt(np.pad(m, 1), sp)[1:-1, 1:-1, 1:-1].max())
+    if 0.3 * r_ref < inplane:  # the grid does not resolve the erosion (see the leak test)
+        return mask
+    opened = _opening(m, 0.7 * r_ref, sp)
+    if not opened.any():
+        return mask
+    core = m & ndimage.binary_dilation(opened, _CONN6)
+    removed = m & ~core
+    if not removed.any():
+        return mask
+    attached = _attached_structures(others, _distance_to(mask, sp), inplane)[pad]
+    if not attached.any():
+        return mask
+    lab, _ = ndimage.label(removed, structure=_CONN6)
+    touch = ndimage.binary_dilation(attached, ndimage.generate_binary_structure(3, 3), iterations=2)
+    ids = np.unique(lab[touch & removed])
+    ids = ids[ids > 0]
+    if ids.size:
+        reach = np.atleast_1d(ndimage.maximum(_distance_to(core, sp), lab, ids))
+        peak = np.atleast_1d(ndimage.maximum(sm[pad], lab, ids))
+        ids = ids[(reach >= max(1.5, 2.25 * inplane)) & (peak >= dense_level)]
+    if ids.size == 0:
+        return mask
+    out = mask.copy()
+    sub = out[pad]
+    sub[np.isin(lab, ids)] = False
+    out[pad] = sub
+    out = _component_nearest(out, seed, sp)
+    if out.sum() <= 0.6 * mask.sum():
+        return mask
+    return out

@@ -302,6 +302,32 @@ def test_small_ground_glass_nodule_on_a_faint_vessel_known_silent_leak():
     assert abs(err) < 0.3 or "segmentation_leak" in seg.flags, f"{100 * err:+.0f} %, flags {seg.flags}"
 
 
+@pytest.mark.parametrize("spacing", [(1.25, 0.7, 0.7), (1.0, 0.7, 0.7)])
+@pytest.mark.parametrize("direction", [(0.8, 0.3, 0.0), (0.6, 0.3, 0.0)])
+@pytest.mark.parametrize("click_y", [-1.5, 1.5])
+def test_vessel_stub_beside_an_elongated_ground_glass_nodule_is_trimmed(spacing, direction, click_y):
+    # a click 1.5 mm off the centre of a flat (11 x 7.6 x 10 mm) ground-glass
+    # nodule is 2.3 mm from its surface: the separating ball (0.45 of that)
+    # is thinner than a faint 0.65 mm-radius vessel running along its side
+    # at the ground-glass threshold, and a stub of it stayed (+5 to +8 %
+    # volume, 8 of 8 before; a 10 mm one on the benchmark's default grid:
+    # +18 %, mean diameter +2.4 mm)
+    a, b, c = 5.5, 3.8, 5.0
+    rv = 0.65
+    vessel = cylinder(rv, (0.0, 0.0, a + rv - 0.3), direction)
+    img, ctr = render([(vessel, SOLID - 20.0), (ellipsoid(a, b, c), -650.0)], spacing, size_mm=36.0, seed=2)
+    click = (ctr[0], ctr[1] + click_y / spacing[1], ctr[2])
+    seg = segment_nodule(img, spacing, click)
+    assert seg.nodule_type == "ground_glass"
+    assert seg.location == "juxtavascular"
+    err = volume_mm3(seg.mask, spacing) / (4 / 3 * math.pi * a * b * c) - 1
+    assert abs(err) < 0.04, f"{100 * err:+.1f} %"
+    # nothing of the mask lies beyond the nodule's side by more than 1.5 mm
+    zz, yy, xx = np.nonzero(seg.mask)
+    x_mm = (xx - ctr[2]) * spacing[2]
+    assert x_mm.max() < a + 1.5
+
+
 @pytest.mark.parametrize("r", [3.0, 4.0])
 @pytest.mark.parametrize("rv", [0.9, 1.2, 1.5])
 def test_ground_glass_nodule_on_a_thin_solid_vessel(r, rv):
