@@ -1402,6 +1402,8 @@ def _trim_vessel_stubs(mask: np.ndarray, others: np.ndarray, sm: np.ndarray, den
     ndarray of bool, shape (z, y, x)
         The trimmed mask (the input itself when nothing is trimmed).
     """
+    if not mask.any():
+        return mask
     sl = ndimage.find_objects(mask.astype(np.uint8))[0]
     pad = tuple(slice(max(0, s.start - 3), min(n, s.stop + 3)) for s, n in zip(sl, mask.shape))
     m = mask[pad]

@@ -729,3 +729,50 @@ def test_blurred_solid_nodule_is_not_part_solid(spacing, radius):
     assert seg.nodule_type == "solid"
     v_true = 4 / 3 * math.pi * radius ** 3
     assert abs(volume_mm3(seg.mask, spacing) / v_true - 1) < 2 * rel_tol(spacing, radius)
+
+
+def _ball_with_stub(stub_hu, *, vessel_goes_on=True, sp=(1.0, 0.7, 0.7)):
+    """A 4 mm-radius ball (-600 HU) with a 1.2 mm-radius, 3 mm long stub along x;
+    the stub's cylinder continues outside the mask to the edge (``others``)."""
+    sp = np.asarray(sp)
+    n = np.round(np.array([24.0, 30.0, 36.0]) / sp).astype(int)
+    z, y, x = np.meshgrid(*[(np.arange(k) - (k - 1) / 2) * s for k, s in zip(n, sp)], indexing="ij")
+    ball_ = z ** 2 + y ** 2 + x ** 2 <= 16.0
+    tube = (z ** 2 + y ** 2 <= 1.2 ** 2) & (x > 0)
+    stub = tube & (x <= 7.0) & ~ball_
+    others = tube & (x > 7.0) if vessel_goes_on else np.zeros_like(tube)
+    sm = np.full(n, -850.0)
+    sm[ball_] = -600.0
+    sm[stub] = stub_hu
+    sm[others] = stub_hu
+    seed = tuple(int(k) // 2 for k in n)
+    return ball_ | stub, ball_, others, sm, seed, sp
+
+
+@pytest.mark.parametrize("stub_hu, goes_on, trimmed", [
+    (-400.0, True, True),    # denser than the nodule, a vessel going on: trimmed
+    (-650.0, True, False),   # no denser than the nodule (a solid nodule's vessel, a tip): kept
+    (-400.0, False, False),  # ends in the lung: a lobe, kept
+])
+def test_trim_vessel_stubs(stub_hu, goes_on, trimmed):
+    from nodulegrowth.segment import _trim_vessel_stubs
+
+    mask, ball_, others, sm, seed, sp = _ball_with_stub(stub_hu, vessel_goes_on=goes_on)
+    out = _trim_vessel_stubs(mask, others, sm, -600.0 + 3 * 5.0, seed, sp, 0.7)
+    if trimmed:
+        # what is left of the stub is its base, within a voxel of the ball
+        left = out & ~ball_
+        d_ball = ndimage.distance_transform_edt(~ball_, sampling=sp)
+        assert left.sum() < 0.3 * (mask & ~ball_).sum()
+        assert d_ball[left].max(initial=0.0) <= 1.0
+        assert (out & ball_).sum() >= 0.95 * ball_.sum()  # the ball itself stays
+    else:
+        assert np.array_equal(out, mask)
+
+
+def test_trim_vessel_stubs_keeps_an_empty_mask_empty():
+    from nodulegrowth.segment import _trim_vessel_stubs
+
+    mask, _, others, sm, seed, sp = _ball_with_stub(-400.0)
+    empty = np.zeros_like(mask)
+    assert not _trim_vessel_stubs(empty, others, sm, -585.0, seed, sp, 0.7).any()
