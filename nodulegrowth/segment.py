@@ -1373,7 +1373,10 @@ def _trim_vessel_stubs(mask: np.ndarray, others: np.ndarray, sm: np.ndarray, den
       ground glass, while a nodule's tip is blurred below its own tissue
       level (a 6.5 mm solid nodule's tip beside a vessel, cut without this
       test: -9 % -> -18 % volume). A solid nodule's stub is therefore never
-      trimmed; the leak flags speak for it.
+      trimmed; the leak flags speak for it. A part-solid nodule's solid
+      core is denser than its ground glass too: an eccentric core bulging
+      out of the nodule beside a vessel would be cut (not seen on the
+      benchmark's or the project's phantoms).
 
     Such pieces are removed, unless that would remove 40 % of the mask or
     more (then the mask is returned unchanged: a guess that large is not

@@ -18,7 +18,7 @@ from scipy import ndimage
 
 from nodulegrowth.errors import NoduleGrowthError, SegmentationError
 from nodulegrowth.measure import measure_nodule, volume_mm3
-from nodulegrowth.segment import Segmentation, joint_nodule_type, segment_nodule
+from nodulegrowth.segment import Segmentation, _trim_vessel_stubs, joint_nodule_type, segment_nodule
 
 SPACINGS = [(1.0, 0.7, 0.7), (2.5, 0.8, 0.8), (0.6, 0.5, 0.5)]
 LUNG = -850.0
@@ -755,8 +755,6 @@ def _ball_with_stub(stub_hu, *, vessel_goes_on=True, sp=(1.0, 0.7, 0.7)):
     (-400.0, False, False),  # ends in the lung: a lobe, kept
 ])
 def test_trim_vessel_stubs(stub_hu, goes_on, trimmed):
-    from nodulegrowth.segment import _trim_vessel_stubs
-
     mask, ball_, others, sm, seed, sp = _ball_with_stub(stub_hu, vessel_goes_on=goes_on)
     out = _trim_vessel_stubs(mask, others, sm, -600.0 + 3 * 5.0, seed, sp, 0.7)
     if trimmed:
@@ -771,8 +769,6 @@ def test_trim_vessel_stubs(stub_hu, goes_on, trimmed):
 
 
 def test_trim_vessel_stubs_keeps_an_empty_mask_empty():
-    from nodulegrowth.segment import _trim_vessel_stubs
-
     mask, _, others, sm, seed, sp = _ball_with_stub(-400.0)
     empty = np.zeros_like(mask)
     assert not _trim_vessel_stubs(empty, others, sm, -585.0, seed, sp, 0.7).any()
