@@ -69,9 +69,11 @@ surrounding lung. Every threshold is derived from the image itself:
    whose mask volume equals the partial-volume volume
    :math:`\\sum_i (I_i - P_{loc}) / (G_{in} - P_{loc})` over the mask and a
    1.5 mm shell (other structures excluded), clamped to the central half of
-   the contrast (for a solid nodule under about 6 mm, :math:`G_{in}` comes
-   from a blurred-ball fit of its radial profile, as blur lowers its
-   centre); the mask is regrown at that threshold without the structures
+   the contrast. :math:`G_{in}` is the median of the nodule's plateau beyond
+   the blur (voxels deeper than max(2.5 mm, slice thickness)) or, in a
+   smaller nodule, of its deepest voxels; for a solid nodule under about
+   6 mm it comes from a blurred-ball fit of its radial profile, as blur
+   lowers its centre. The mask is regrown at that threshold without the structures
    that were not part of the region at :math:`t` and re-opened, with the
    ball the separation at :math:`t` needed, to keep vessel stubs out.
 10. **Vessel stubs** (slices up to twice the in-plane size): a piece of the
