@@ -288,6 +288,25 @@ def _closing(mask: np.ndarray, r_mm: float, sp) -> np.ndarray:
     return _morph.ball_closing(mask, r_mm, sp, pad_edge=True)
 
 
+def _inscribed_radius(mask: np.ndarray, sp) -> float:
+    """Largest inscribed radius (mm) of ``mask`` (its largest distance to the background)."""
+    return float(_morph.edt(np.pad(mask, 1), sp).max())
+
+
+def _reference_opening(mask: np.ndarray, r_ref: float, sp, inplane: float) -> np.ndarray | None:
+    """``mask`` opened by a ball of 0.7 ``r_ref`` (mm), the leak test's ball, or None.
+
+    A convex nodule loses only its sharpest tips to that ball; what else it
+    removes is attached. None when the grid does not resolve the erosion
+    depth 0.3 ``r_ref`` (under one in-plane voxel ``inplane``, mm): a nodule
+    a few coarse voxels across is eroded to a point by any ball bigger than
+    a voxel and would always look leaky.
+    """
+    if 0.3 * r_ref < inplane:
+        return None
+    return _opening(mask, 0.7 * r_ref, sp)
+
+
 def _component_at(mask: np.ndarray, seed, conn=_CONN6) -> np.ndarray:
     if not mask[seed]:
         return np.zeros_like(mask)
@@ -641,7 +660,7 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool) -> Segment
         # then looked leaky against it, and the larger balls of the retries
         # cut its lobes off (-45 %, now -28 %)
         sub = np.pad(m[sl], 1)
-        r_ref = float(_morph.edt(sub, sp).max())
+        r_ref = _inscribed_radius(sub, sp)
         # an ellipsoid of aspect 2.5 has r_v / r_in = 2.5^(1/3) = 1.36 and extent
         # 5 r_in; a vessel or wall carried along exceeds one of them. A false
         # alarm only costs a look; a silent leak costs a wrong volume.
@@ -656,13 +675,10 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool) -> Segment
             return True
         # a vessel about as thick as a small nodule survives the opening; it
         # shows as a large part of the mask outside the opening by a ball of
-        # 0.7 r_ref (a convex nodule loses only its sharpest tips to it). That
-        # holds only if the grid resolves the erosion depth 0.3 r_ref: a
-        # nodule a few coarse voxels across is eroded to a point by any ball
-        # bigger than a voxel and would always look leaky.
-        if 0.3 * r_ref < inplane:
+        # 0.7 r_ref (a convex nodule loses only its sharpest tips to it)
+        opened = _reference_opening(sub, r_ref, sp, inplane)
+        if opened is None:
             return False
-        opened = _opening(sub, 0.7 * r_ref, sp)
         return bool(opened.any()) and (sub & ~opened).sum() > 0.3 * sub.sum()
 
     def segment_at(t: float):
@@ -1295,7 +1311,7 @@ def _thick_attachment(mask, attached, d_mask, sp, ratio=_OPENING_FACTOR) -> bool
     if not near.any():
         return False
     r_v = float(_morph.edt(np.pad(attached, 1), sp)[1:-1, 1:-1, 1:-1][near].max())
-    r_n = float(_morph.edt(np.pad(mask, 1), sp).max())
+    r_n = _inscribed_radius(mask, sp)
     return r_v >= ratio * r_n
 
 
@@ -1431,11 +1447,8 @@ def _trim_vessel_stubs(mask: np.ndarray, others: np.ndarray, sm: np.ndarray, den
     sl = ndimage.find_objects(mask.astype(np.uint8))[0]
     pad = tuple(slice(max(0, s.start - 3), min(n, s.stop + 3)) for s, n in zip(sl, mask.shape))
     m = mask[pad]
-    r_ref = float(_morph.edt(np.pad(m, 1), sp)[1:-1, 1:-1, 1:-1].max())
-    if 0.3 * r_ref < inplane:  # the grid does not resolve the erosion (see the leak test)
-        return mask
-    opened = _opening(m, 0.7 * r_ref, sp)
-    if not opened.any():
+    opened = _reference_opening(m, _inscribed_radius(m, sp), sp, inplane)
+    if opened is None or not opened.any():
         return mask
     core = m & ndimage.binary_dilation(opened, _CONN6)
     removed = m & ~core
