@@ -1154,19 +1154,60 @@ def _diameter(points: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
     return math.sqrt(best), pts[bi], pts[bj]
 
 
-def _plane_long_axis(phi2d: np.ndarray, h: float, x0: float, y0: float):
-    """Longest diameter (mm) of the zero contour of a 2-D implicit image and its end points."""
+def _plane_contour(phi2d: np.ndarray, h: float, x0: float, y0: float) -> np.ndarray | None:
+    """Points ``(x, y)`` mm of the zero contour of a 2-D implicit image (None if empty)."""
     from skimage.measure import find_contours
 
     if not (phi2d < 0).any():
-        return 0.0, None
+        return None
     pts = [c for c in find_contours(phi2d, 0.0)]
     if not pts:
-        return 0.0, None
+        return None
     p = np.vstack(pts)
-    xy = np.column_stack([x0 + h * p[:, 1], y0 + h * p[:, 0]])
+    return np.column_stack([x0 + h * p[:, 1], y0 + h * p[:, 0]])
+
+
+def _plane_long_axis(phi2d: np.ndarray, h: float, x0: float, y0: float):
+    """Longest diameter (mm) of the zero contour of a 2-D implicit image and its end points."""
+    xy = _plane_contour(phi2d, h, x0, y0)
+    if xy is None:
+        return 0.0, None
     L, a, b = _diameter(xy)
     return L, (a, b)
+
+
+def _near_tied_chords(xy: np.ndarray, min_length: float, bin_deg: float = 2.0):
+    """Chords between hull points of a contour at least ``min_length`` mm long, the longest
+    one per ``bin_deg`` degrees of direction: list of (length, (a, b))."""
+    pts = np.asarray(xy, float)
+    try:
+        pts = pts[ConvexHull(pts).vertices]
+    except Exception:  # degenerate contour: keep all points
+        pass
+    diff = pts[:, None, :] - pts[None, :, :]
+    d = np.sqrt((diff ** 2).sum(-1))
+    i, j = np.nonzero(np.triu(d >= min_length, 1))
+    best: dict[int, tuple[float, int, int]] = {}
+    for a, b in zip(i, j):
+        key = int((math.degrees(math.atan2(diff[a, b, 1], diff[a, b, 0])) % 180.0) // bin_deg)
+        if key not in best or d[a, b] > best[key][0]:
+            best[key] = (float(d[a, b]), a, b)
+    return [(L, (pts[a], pts[b])) for L, a, b in best.values()]
+
+
+def _contour_width_across(xy: np.ndarray, a: np.ndarray, b: np.ndarray, h: float) -> float:
+    """Approximate longest chord of a dense contour perpendicular to ``b - a`` (mm):
+    the widest extent along the perpendicular among strips ``h`` wide along ``b - a``."""
+    u = (b - a) / np.linalg.norm(b - a)
+    v = np.array([-u[1], u[0]])
+    pu, pv = xy @ u, xy @ v
+    k = np.floor((pu - pu.min()) / h).astype(int)
+    hi = np.full(k.max() + 1, -np.inf)
+    lo = np.full(k.max() + 1, np.inf)
+    np.maximum.at(hi, k, pv)
+    np.minimum.at(lo, k, pv)
+    ok = np.isfinite(hi)
+    return float((hi[ok] - lo[ok]).max())
 
 
 def _axial_axes_numeric(phi: Callable, center: np.ndarray, r_bound: float):
@@ -1181,45 +1222,74 @@ def _axial_axes_numeric(phi: Callable, center: np.ndarray, r_bound: float):
     one coarse step, 161^2 samples) refines it; the change between passes is
     returned as the precision. Contours are the zero level of the linearly
     interpolated implicit function (second-order accurate).
+
+    Ties, as :func:`nodulegrowth.measure.axial_axes` defines them: chords
+    within the numerical precision (0.2 % of L) of the longest are equally
+    long, and of those the one with the largest :math:`L + S` is the long axis
+    when it beats the strictly longest by more than the precision of S (0.4 %
+    of L). Exact ties occur for shapes cut by the chest wall: a sphere cut by
+    a plane has a fan of equal diameters whose perpendiculars cross the cut
+    or not.
     """
     def scan(zs, n):
         h = 2.0 * r_bound / (n - 1)
         g = center[0] - r_bound + h * np.arange(n)
         gy = center[1] - r_bound + h * np.arange(n)
-        best = (0.0, None, None)
+        X, Y = np.meshgrid(g, gy, indexing="xy")
+        planes = []
         for z in zs:
-            X, Y = np.meshgrid(g, gy, indexing="xy")
             pts = np.stack([X, Y, np.full_like(X, z)], axis=-1)
-            L, ends = _plane_long_axis(phi(pts), h, g[0], gy[0])
-            if L > best[0]:
-                best = (L, ends, z)
-        return best
+            xy = _plane_contour(phi(pts), h, g[0], gy[0])
+            if xy is not None:
+                L, a, b = _diameter(xy)
+                planes.append((L, (a, b), z, xy))
+        return planes, h
+
+    def short_across(ends, z):
+        u = (ends[1] - ends[0]) / np.linalg.norm(ends[1] - ends[0])
+        v = np.array([-u[1], u[0]])
+        n = 321
+        h = 2.0 * r_bound / (n - 1)
+        s = -r_bound + h * np.arange(n)
+        S, T = np.meshgrid(s, s, indexing="ij")  # rows: s along u, columns: t along v
+        cxy = 0.5 * (ends[0] + ends[1])
+        px = cxy[0] + S * u[0] + T * v[0]
+        py = cxy[1] + S * u[1] + T * v[1]
+        f = phi(np.stack([px, py, np.full_like(px, z)], axis=-1))
+        short = 0.0
+        for row in f:
+            idx = np.nonzero(row < 0)[0]
+            if idx.size == 0:
+                continue
+            a, b = idx[0], idx[-1]
+            # sub-sample crossing positions by linear interpolation of phi
+            ta = s[a] - (h * row[a] / (row[a] - row[a - 1]) if a > 0 else 0.0)
+            tb = s[b] + (h * row[b] / (row[b] - row[b + 1]) if b < n - 1 else 0.0)
+            short = max(short, tb - ta)
+        return short
 
     dz = 2.0 * r_bound / 24
-    L0, _, z0 = scan(center[2] + np.linspace(-r_bound, r_bound, 25), 65)
-    if z0 is None:
+    coarse, _ = scan(center[2] + np.linspace(-r_bound, r_bound, 25), 65)
+    if not coarse:
         raise PhantomSpecError("nodule has no axial section; check the specification")
-    L1, ends, z1 = scan(np.linspace(z0 - dz, z0 + dz, 9), 161)
-    u = (ends[1] - ends[0]) / np.linalg.norm(ends[1] - ends[0])
-    v = np.array([-u[1], u[0]])
-    n = 321
-    h = 2.0 * r_bound / (n - 1)
-    s = -r_bound + h * np.arange(n)
-    S, T = np.meshgrid(s, s, indexing="ij")  # rows: s along u, columns: t along v
-    cxy = 0.5 * (ends[0] + ends[1])
-    px = cxy[0] + S * u[0] + T * v[0]
-    py = cxy[1] + S * u[1] + T * v[1]
-    f = phi(np.stack([px, py, np.full_like(px, z1)], axis=-1))
-    short = 0.0
-    for row in f:
-        idx = np.nonzero(row < 0)[0]
-        if idx.size == 0:
+    L0, _, z0, _ = max(coarse, key=lambda t: t[0])
+    fine, hf = scan(np.linspace(z0 - dz, z0 + dz, 9), 161)
+    L1, ends, z1, _ = max(fine, key=lambda t: t[0])
+    strict_sum = None
+    best = None
+    for Lp, _, zp, xy in fine:
+        if Lp < L1 * (1 - 2e-3):
             continue
-        a, b = idx[0], idx[-1]
-        # sub-sample crossing positions by linear interpolation of phi
-        ta = s[a] - (h * row[a] / (row[a] - row[a - 1]) if a > 0 else 0.0)
-        tb = s[b] + (h * row[b] / (row[b] - row[b + 1]) if b < n - 1 else 0.0)
-        short = max(short, tb - ta)
+        for Lc, ab in _near_tied_chords(xy, L1 * (1 - 2e-3)):
+            width = _contour_width_across(xy, ab[0], ab[1], hf)
+            if best is None or Lc + width > best[0]:
+                best = (Lc + width, Lc, ab, zp)
+    short = short_across(ends, z1)
+    strict_sum = L1 + short
+    if best is not None and best[0] - strict_sum > 4e-3 * L1:
+        s_b = short_across(best[2], best[3])
+        if best[1] + s_b - strict_sum > 4e-3 * L1:
+            L1, short = best[1], s_b
     return L1, short, abs(L1 - L0)
 
 

@@ -275,6 +275,28 @@ def test_numerical_truth_matches_analytic_ellipsoid(seed):
     assert abs(m3 - exact["max3d"]) < 4e-3 * d
 
 
+@pytest.mark.parametrize("cut, angle", [(0.6, 0.3), (0.75, 1.1), (0.9, 2.0)])
+def test_numerical_axes_of_a_sphere_cut_by_a_plane(cut, angle):
+    """Near-ties as measure.axial_axes defines them. A sphere cut by a plane at
+    distance c = cut * R keeps a fan of equal diameters 2R on its central
+    section. For c > R cos 45 deg two perpendicular ones are whole: long =
+    short = 2R. For a deeper cut the largest long + short is at the edge of
+    the fan: long = 2R and a short axis longer than R + c (the perpendicular
+    of the diameter parallel to the cut, which the strict rule may pick)."""
+    R = 7.0
+    n = np.array([math.cos(angle), math.sin(angle), 0.0])
+
+    def f(p):
+        return np.maximum(np.linalg.norm(p, axis=-1) - R, p @ n - cut * R)
+
+    long_, short, _ = ph._axial_axes_numeric(f, np.zeros(3), 1.02 * R)
+    assert long_ == pytest.approx(2 * R, abs=4e-3 * 2 * R)
+    if cut > math.cos(math.pi / 4):
+        assert short == pytest.approx(2 * R, abs=4e-3 * 2 * R)
+    else:
+        assert R + cut * R + 1.0 < short < 2 * R
+
+
 def test_diameter_of_point_cloud_matches_brute_force():
     rng = np.random.default_rng(5)
     for n in (50, 3000):  # exact branch and double-normal ascent branch
