@@ -488,6 +488,8 @@ def main(argv=None):
     pd.set_option("display.max_rows", 500)
     t0 = time.time()
     if args.from_csv:
+        if not Path(args.from_csv).is_file():
+            sys.exit(f"--from-csv {args.from_csv}: no such file; pass the *_accuracy.csv an earlier run wrote")
         acc = pd.read_csv(args.from_csv, keep_default_na=False, na_values=[""])
         acc["failed"] = acc["failed"].fillna("")
         for c in ("type_ok", "loc_ok", "leak_flag", "type_ok2", "leak_flag2") + tuple(f"agree_{k}" for k in G.CRITERIA):
@@ -537,9 +539,16 @@ def main(argv=None):
                       f"{np.median(np.abs(sel['vol_ratio_err_pct'])):.2f} % (p90 "
                       f"{np.percentile(np.abs(sel['vol_ratio_err_pct']), 90):.1f}), typed right at T1 and T2 "
                       f"{100 * (sel['type_ok'] & sel['type_ok2']).mean():.1f} %")
+        # the pairs a reader would not send back for review: neither scan flagged
+        # as a leak (reported beside, not instead of, the agreement over all pairs)
+        flagged = thin["leak_flag"].eq(True)
+        if "leak_flag2" in thin:
+            flagged |= thin["leak_flag2"].eq(True)
+        unflagged = thin[~flagged]
         for k in G.CRITERIA:
             print(f"growth agreement {k:15s}: thin {100 * thin[f'agree_{k}'].mean():.1f} %  "
-                  f"(thin, >= 6 mm: {100 * big_thin[f'agree_{k}'].mean():.1f} %)  "
+                  f"(thin, >= 6 mm: {100 * big_thin[f'agree_{k}'].mean():.1f} %; thin, no leak flag at T1 "
+                  f"or T2: {100 * unflagged[f'agree_{k}'].mean():.1f} % of {len(unflagged)})  "
                   f"all {100 * ok[f'agree_{k}'].mean():.1f} %")
         print(f"failed cases: {(acc['failed'] != '').sum()} of {len(acc)}")
         for f in acc.loc[acc["failed"] != "", "failed"].head(5):
