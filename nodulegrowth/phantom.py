@@ -1167,15 +1167,6 @@ def _plane_contour(phi2d: np.ndarray, h: float, x0: float, y0: float) -> np.ndar
     return np.column_stack([x0 + h * p[:, 1], y0 + h * p[:, 0]])
 
 
-def _plane_long_axis(phi2d: np.ndarray, h: float, x0: float, y0: float):
-    """Longest diameter (mm) of the zero contour of a 2-D implicit image and its end points."""
-    xy = _plane_contour(phi2d, h, x0, y0)
-    if xy is None:
-        return 0.0, None
-    L, a, b = _diameter(xy)
-    return L, (a, b)
-
-
 def _near_tied_chords(xy: np.ndarray, min_length: float, bin_deg: float = 2.0):
     """Chords between hull points of a contour at least ``min_length`` mm long, the longest
     one per ``bin_deg`` degrees of direction: list of (length, (a, b))."""
@@ -1275,7 +1266,6 @@ def _axial_axes_numeric(phi: Callable, center: np.ndarray, r_bound: float):
     L0, _, z0, _ = max(coarse, key=lambda t: t[0])
     fine, hf = scan(np.linspace(z0 - dz, z0 + dz, 9), 161)
     L1, ends, z1, _ = max(fine, key=lambda t: t[0])
-    strict_sum = None
     best = None
     for Lp, _, zp, xy in fine:
         if Lp < L1 * (1 - 2e-3):
