@@ -136,7 +136,7 @@ def test_axial_axes_pick_the_widest_slice_of_a_sphere(spacing):
 @pytest.mark.parametrize("spacing", [(1.0, 0.7, 0.7), (1.25, 0.6, 0.6), (1.0, 0.5, 0.5)])
 @pytest.mark.parametrize("radius, cut", [(7.0, 0.75), (5.0, 0.8), (7.0, 0.85)])
 def test_axial_axes_of_a_sphere_cut_by_the_chest_wall(spacing, radius, cut):
-    # A sphere cut by a plane at distance c < R cos 45 deg from its centre keeps
+    # A sphere cut by a plane at distance c > R cos 45 deg from its centre keeps
     # a fan of equal diameters (2R) on its central slice, and the two at 45 deg
     # to the cut are both whole, so Lung-RADS long = short = 2R. The strict
     # rule (the longest chord, i.e. tie_mm=0) picks one of the fan by the voxel
