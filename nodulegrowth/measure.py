@@ -262,7 +262,11 @@ def _near_longest_chords(hull: np.ndarray, min_length: float, bin_deg: float = 2
 
 def _max_chord(points: np.ndarray) -> tuple[float, np.ndarray]:
     """Largest distance between two of ``points`` (N, 2 or 3); returns (d, (2, D) endpoints)."""
-    pts = _hull_points(points)
+    return _farthest_pair(_hull_points(points))
+
+
+def _farthest_pair(pts: np.ndarray) -> tuple[float, np.ndarray]:
+    """Largest distance between two of ``pts`` (already reduced to their hull) and the pair."""
     if len(pts) == 1:
         return 0.0, np.vstack([pts[0], pts[0]])
     d2 = ((pts[:, None, :] - pts[None, :, :]) ** 2).sum(-1)
@@ -484,7 +488,7 @@ def axial_axes(mask, spacing_zyx, *, hu=None, threshold_hu: float | None = None,
     for k, cs in slices:
         if cs:
             hull = _hull_points(np.concatenate(cs))
-            per_slice.append((int(k), cs, hull, _max_chord(hull)[0]))
+            per_slice.append((int(k), cs, hull, _farthest_pair(hull)[0]))
     if not per_slice:  # pragma: no cover - a non-empty mask always has a contour
         raise MeasurementError("no contour found in a non-empty mask; this is a bug, please report it")
     longest = max(d for *_, d in per_slice)

@@ -81,8 +81,7 @@ surrounding lung. Every threshold is derived from the image itself:
     radius) cannot reach, that protrudes at least max(1.5 mm, 2.25 voxels)
     beyond that ball's opening, touches a dense structure that goes on
     outside the mask, and reaches above the nodule's tissue level (+3 noise
-    SD: a vessel is denser than ground glass, a nodule's blurred tip is
-    not) is a vessel stub that the opening of step 6 left (its ball is
+    SD: a vessel is denser than ground glass) is a vessel stub that the opening of step 6 left (its ball is
     small when the seed sits off-centre in an elongated nodule) and is
     removed (:func:`_trim_vessel_stubs`). A solid nodule's vessel is no
     denser than the nodule, so nothing tells its stub from a lobe: there
@@ -1415,11 +1414,11 @@ def _trim_vessel_stubs(mask: np.ndarray, others: np.ndarray, sm: np.ndarray, den
       but the volume goes from -9 to -18 % because the nodule is
       under-segmented elsewhere at that scan (its partial-volume threshold
       36 HU above the midpoint of the phantom's lung and nodule levels) and
-      the stub had made up for it; a solid
-      stub cannot be told from a lobe by density either. A part-solid nodule's solid
-      core is denser than its ground glass too: an eccentric core bulging
-      out of the nodule beside a vessel would be cut (not seen on the
-      benchmark's or the project's phantoms).
+      the stub had made up for it; a solid stub cannot be told from a lobe
+      by density either. A part-solid nodule's solid core is denser than
+      its ground glass too: an eccentric core bulging out of the nodule
+      beside a vessel would be cut (not seen on the benchmark's or the
+      project's phantoms).
 
     Such pieces are removed, unless that would remove 40 % of the mask or
     more (then the mask is returned unchanged: a guess that large is not
