@@ -10,13 +10,13 @@ Run by hand::
 Phantoms are rendered analytically here (no dependence on our own phantom
 generator's constants): ellipsoidal nodules with random orientation, random
 tissue levels (lung -880..-800 HU, solid 0..60 HU, ground glass -700..-520 HU),
-random noise (10..30 HU), exact partial-volume occupancy by supersampling
-each voxel (which also integrates the slice thickness: the slice sensitivity
-profile is a box of one slice spacing), a Gaussian in-plane point-spread
-function (sigma 0.5..0.7 mm), and sub-voxel random positions. Attached
-structures: a vessel (cylinder, radius 0.6..1.5 mm, random direction)
-touching the nodule, or a chest wall (half-space, random in-plane normal)
-tangent to it.
+random noise (SD 10..30 HU; ``--noise``), exact partial-volume occupancy by
+supersampling each voxel (which also integrates the slice thickness: the
+slice sensitivity profile is a box of one slice spacing), a Gaussian in-plane
+point-spread function (sigma 0.5..0.7 mm; ``--psf``), 0.7 mm pixels
+(``--inplane``) and sub-voxel random positions. Attached structures: a
+vessel (cylinder, radius 0.6..1.5 mm, random direction) touching the nodule,
+or a chest wall (half-space, random in-plane normal) tangent to it.
 
 Truth is analytic: volume :math:`4/3 \\pi a b c`; the Lung-RADS axes are those
 of the central axial cross-section of the ellipsoid (the ellipse of the 2x2
@@ -65,7 +65,12 @@ TYPES = ("solid", "part_solid", "ground_glass")
 LOCATIONS = ("isolated", "juxtavascular", "juxtapleural")
 SIZE_BANDS = ((4.0, 6.0), (6.0, 10.0), (10.0, 20.0), (20.0, 30.0))
 THICKNESSES = (1.0, 1.25, 2.5, 5.0)
+#: scan conditions: in-plane pixel (mm), noise SD range (HU), PSF sigma range
+#: (mm); the defaults are those every figure in docs/VALIDATION.md was
+#: measured with unless it names others (``--inplane``, ``--noise``, ``--psf``)
 INPLANE = 0.7
+NOISE_HU = (10.0, 30.0)
+PSF_MM = (0.5, 0.7)
 
 
 # --------------------------------------------------------------------------
@@ -211,7 +216,7 @@ def scan(scene, scale, thickness, rng):
     size = max(36.0, 4.0 * float(o.axes.max()) + 12.0)
     spacing = (thickness, INPLANE, INPLANE)
     img, c = render(objs, scene["levels"]["lung"], spacing, size, rng,
-                    psf_mm=rng.uniform(0.5, 0.7), noise=rng.uniform(10, 30))
+                    psf_mm=rng.uniform(*PSF_MM), noise=rng.uniform(*NOISE_HU))
     # the radiologist's click: within 1 mm of the centre
     click = np.asarray(c) + rng.uniform(-1, 1, 3) / np.asarray(spacing) * np.array([0.0, 1.0, 1.0])
     return img, spacing, tuple(click), o
@@ -459,6 +464,7 @@ def phantom_check(seeds, preset, nodules=None):
 
 
 def main(argv=None):
+    global INPLANE, NOISE_HU, PSF_MM
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=4, help="nodule pairs per (type, size, thickness, location) cell")
     ap.add_argument("--rep-nodules", type=int, default=4, help="nodules per repeatability cell")
@@ -467,6 +473,11 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=20261125)
     ap.add_argument("--types", nargs="*", default=list(TYPES))
     ap.add_argument("--thickness", nargs="*", type=float, default=list(THICKNESSES))
+    ap.add_argument("--inplane", type=float, default=INPLANE, help="in-plane pixel size (mm)")
+    ap.add_argument("--noise", nargs=2, type=float, default=list(NOISE_HU), metavar=("LO", "HI"),
+                    help="image noise SD range (HU)")
+    ap.add_argument("--psf", nargs=2, type=float, default=list(PSF_MM), metavar=("LO", "HI"),
+                    help="in-plane PSF sigma range (mm)")
     ap.add_argument("--csv", type=Path, help="write the raw per-case results here (prefix)")
     ap.add_argument("--write-model", action="store_true",
                     help="write the fitted model to nodulegrowth/params/uncertainty_model.csv")
@@ -480,6 +491,11 @@ def main(argv=None):
     ap.add_argument("--phantom-hard", action="store_true",
                     help="phantom pairs with a part-solid, a juxtapleural and a juxtavascular nodule")
     args = ap.parse_args(argv)
+    if not (0.2 <= args.inplane <= 2.0) or not (0 <= args.noise[0] <= args.noise[1]) \
+            or not (0 < args.psf[0] <= args.psf[1]):
+        sys.exit(f"--inplane {args.inplane} / --noise {args.noise} / --psf {args.psf}: need 0.2 <= inplane <= 2 mm, "
+                 "0 <= LO <= HI for the noise and 0 < LO <= HI for the PSF")
+    INPLANE, NOISE_HU, PSF_MM = args.inplane, tuple(args.noise), tuple(args.psf)
     if args.quick:
         args.n, args.rep_nodules, args.rep_repeats = 1, 1, 4
     rng = np.random.default_rng(args.seed)

@@ -389,6 +389,26 @@ def test_small_solid_nodule_volume_is_not_biased_by_its_blurred_centre(r):
     assert abs(volume_mm3(seg.mask, sp) / (4 / 3 * math.pi * r ** 3) - 1) < 0.05
 
 
+@pytest.mark.xfail(strict=True, reason="known: on 1 mm pixels the blurred-ball level of a 4 mm solid nodule is "
+                   "rejected by its fixed 30 % ceiling (+42 to +49 % volume); see docs/VALIDATION.md")
+@pytest.mark.parametrize("noise_seed", range(4))
+def test_small_solid_nodule_on_1_mm_pixels_known_over_segmentation(noise_seed):
+    # on 1 x 1 x 1.25 mm voxels the deepest voxels of a 4 mm solid nodule read
+    # 25-40 % of the contrast below its tissue level; the blurred-ball fit finds
+    # the level (within 8 %) but its plausibility ceiling (30 % of the contrast
+    # above the deepest voxels) rejects it, and the partial-volume step then
+    # over-segments. Letting the fit explain the deepest voxels instead fixes
+    # this case (-3 to +4 %), but part-solid nodules of 4-6 mm typed as solid
+    # are then measured as their core alone, and benchmark agreement fell
+    # (docs/VALIDATION.md, "Other pixel sizes and noise"): not shipped.
+    sp = (1.25, 1.0, 1.0)
+    r = 2.0
+    off = tuple(np.random.default_rng(noise_seed).uniform(-0.5, 0.5, 3) * np.asarray(sp))
+    img, c = render([(ball(r), SOLID)], sp, size_mm=30.0, seed=noise_seed, noise=20.0, offset=off)
+    seg = segment_nodule(img, sp, c)
+    assert abs(volume_mm3(seg.mask, sp) / (4 / 3 * math.pi * r ** 3) - 1) < 0.10
+
+
 @pytest.mark.parametrize("r", [2.2, 2.6, 3.0])
 @pytest.mark.parametrize("kind", [SOLID, GGO])
 def test_partial_volume_sum_keeps_the_surface_the_opening_shaved(r, kind):
