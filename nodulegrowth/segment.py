@@ -514,7 +514,7 @@ def segment_nodule(volume_hu, spacing_zyx, seed_zyx, *, lung_mask=None, nodule_t
         # from it. Grow from the click (independent benchmark sample: 2 of
         # 96 ground-glass nodules on the wall, 1.25 mm slices, failed so).
         try:
-            return _segment(vol, sp, seed0, lung, nodule_type, refine_seed=False)
+            return _segment(vol, sp, seed0, lung, nodule_type, refine_seed=False, in_structure=True)
         except SegmentationError:
             pass
         # The centre of a cavitated nodule lies in its cavity, farther than
@@ -525,7 +525,7 @@ def segment_nodule(volume_hu, spacing_zyx, seed_zyx, *, lung_mask=None, nodule_t
             around = None
         if around is not None:
             try:
-                seg = _segment(vol, sp, around, lung, nodule_type, refine_seed=False)
+                seg = _segment(vol, sp, around, lung, nodule_type, refine_seed=False, in_structure=True)
             except SegmentationError:
                 raise first from None
             if seg.mask[seed0]:
@@ -537,7 +537,7 @@ def segment_nodule(volume_hu, spacing_zyx, seed_zyx, *, lung_mask=None, nodule_t
         # a faint nodule; when the click itself lies in a structure, that
         # structure is the nodule the reader marked.
         try:
-            at_click = _segment(vol, sp, seed0, lung, nodule_type, refine_seed=False)
+            at_click = _segment(vol, sp, seed0, lung, nodule_type, refine_seed=False, in_structure=True)
         except SegmentationError:
             at_click = None
         if at_click is not None and at_click.mask[seed0] and "segmentation_leak" not in at_click.flags:
@@ -545,9 +545,12 @@ def segment_nodule(volume_hu, spacing_zyx, seed_zyx, *, lung_mask=None, nodule_t
     return seg
 
 
-def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool) -> Segmentation:
+def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool, in_structure: bool = False) -> Segmentation:
     """The body of :func:`segment_nodule` on checked inputs; ``refine_seed``
-    allows the move to the densest voxel within 2 mm (step 1)."""
+    allows the move to the densest voxel within 2 mm (step 1); ``in_structure``
+    (the alternatives to the refined seed) requires the seed's core to stand
+    3 SDs of the raw noise above the lung as well: a click 1 mm outside a
+    solid nodule reads its blurred edge, which is not a structure of its own."""
     flags: list[str] = []
     inplane = float(min(sp[1], sp[2]))
     # slices up to twice the in-plane size: 3-D balls of a few voxels are
@@ -577,7 +580,7 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool) -> Segment
     # C is read on the smoothed image, so its noise is sigma_s; three SDs of
     # the raw noise (as before) turned away faint nodules in noisy scans (a
     # 27 mm ground-glass nodule with 166 HU of contrast under noise SD 60 HU)
-    if C - P < 5.0 * sigma_s:
+    if C - P < (max(3.0 * sigma, 5.0 * sigma_s) if in_structure else 5.0 * sigma_s):
         raise SegmentationError(
             f"no structure denser than the lung at seed {tuple(seed0)} (core {C:.0f} HU vs lung {P:.0f} HU); "
             "check the seed point"

@@ -647,17 +647,17 @@ def test_nothing_grown_from_the_refined_seed_retries_from_the_click(monkeypatch)
     img, c = render([(ball(3.0), GGO)], sp, seed=5)
     real = S._segment
 
-    def refined_fails(*args, refine_seed):
+    def refined_fails(*args, refine_seed, **kw):
         if refine_seed:
             raise SegmentationError("region growing from seed (0, 0, 0) found nothing at -700 HU; check the seed")
-        return real(*args, refine_seed=refine_seed)
+        return real(*args, refine_seed=refine_seed, **kw)
 
     monkeypatch.setattr(S, "_segment", refined_fails)
     seg = segment_nodule(img, sp, c)
     assert seg.nodule_type == "ground_glass"
     assert abs(volume_mm3(seg.mask, sp) / (4 / 3 * math.pi * 27.0) - 1) < 0.3
 
-    def both_fail(*args, refine_seed):
+    def both_fail(*args, refine_seed, **kw):
         raise SegmentationError(f"first error, refine_seed={refine_seed}")
 
     monkeypatch.setattr(S, "_segment", both_fail)
