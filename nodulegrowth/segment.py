@@ -578,8 +578,9 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool, in_structu
     # upper tail, is the nodule's
     C = float(np.percentile(core_vals, 95 if refine_seed else 50))
     # C is read on the smoothed image, so its noise is sigma_s; three SDs of
-    # the raw noise (as before) turned away faint nodules in noisy scans (a
-    # 27 mm ground-glass nodule with 166 HU of contrast under noise SD 60 HU)
+    # the raw noise on the refined seed too turned away faint nodules in
+    # noisy scans (a 27 mm ground-glass nodule with 166 HU of contrast under
+    # noise SD 60 HU)
     if C - P < (max(3.0 * sigma, 5.0 * sigma_s) if in_structure else 5.0 * sigma_s):
         raise SegmentationError(
             f"no structure denser than the lung at seed {tuple(seed0)} (core {C:.0f} HU vs lung {P:.0f} HU); "
