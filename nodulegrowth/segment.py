@@ -19,7 +19,10 @@ surrounding lung. Every threshold is derived from the image itself:
    nodule is grown from the nearest voxel of that wall and must contain the
    click.
 3. **Core level** :math:`C`: 95th percentile of the lightly smoothed image in
-   a 1.5 mm ball around the seed.
+   a 1.5 mm ball around the seed. Below 5 noise SD of that smoothed image
+   above :math:`P` (for the click itself and the other alternatives of step
+   2, also below 3 SD of the raw noise) there is "no structure denser than
+   the lung" and the seed is refused.
 4. **Threshold** at the midpoint :math:`t = (P + C) / 2`, so the boundary lies
    at the 50 % partial-volume level of the edge, and region growing from the
    seed (6-connectivity).
@@ -73,19 +76,20 @@ surrounding lung. Every threshold is derived from the image itself:
    the blur (voxels deeper than max(2.5 mm, slice thickness)) or, in a
    smaller nodule, of its deepest voxels; for a solid nodule under about
    6 mm it comes from a blurred-ball fit of its radial profile, as blur
-   lowers its centre. The mask is regrown at that threshold without the structures
-   that were not part of the region at :math:`t` and re-opened, with the
-   ball the separation at :math:`t` needed, to keep vessel stubs out.
+   lowers its centre. The mask is regrown at that threshold without the
+   structures that were not part of the region at :math:`t` and re-opened,
+   with the ball the separation at :math:`t` needed, to keep vessel stubs
+   out.
 10. **Vessel stubs** (slices up to twice the in-plane size): a piece of the
     mask that the leak test's ball (0.7 times the mask's largest inscribed
     radius) cannot reach, that protrudes at least max(1.5 mm, 2.25 voxels)
     beyond that ball's opening, touches a dense structure that goes on
     outside the mask, and reaches above the nodule's tissue level (+3 noise
-    SD: a vessel is denser than ground glass) is a vessel stub that the opening of step 6 left (its ball is
-    small when the seed sits off-centre in an elongated nodule) and is
-    removed (:func:`_trim_vessel_stubs`). A solid nodule's vessel is no
-    denser than the nodule, so nothing tells its stub from a lobe: there
-    only the leak flags speak.
+    SD: a vessel is denser than ground glass) is a vessel stub that the
+    opening of step 6 left (its ball is small when the seed sits off-centre
+    in an elongated nodule) and is removed (:func:`_trim_vessel_stubs`). A
+    solid nodule's vessel is no denser than the nodule, so nothing tells its
+    stub from a lobe: there only the leak flags speak.
 
 QC flags (for the contract's ``qc_flags``): ``touches_pleura`` (the mask
 touches the chest wall), ``touches_roi_border``, ``segmentation_leak`` (the mask

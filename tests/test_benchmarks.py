@@ -22,7 +22,7 @@ def _load(name):
     (["--psf", "0", "0.5"], "0 < LO <= HI for the PSF"),
     (["--from-csv", "no/such_accuracy.csv"], "no such file"),
 ])
-def test_measurement_benchmark_rejects_bad_scan_conditions_in_one_line(argv, match):
+def test_measurement_benchmark_rejects_bad_arguments_in_one_line(argv, match):
     bench = _load("measurement")
     with pytest.raises(SystemExit, match=match):
         bench.main(argv)

@@ -4,10 +4,10 @@ One run of ``nodulegrowth run data_samples/manifest.csv`` (module fixture,
 two jobs, as a user would start it) is checked against the contract and
 against the phantom truth shipped in ``data_samples/truth.csv``.
 
-The error bounds below were measured on this run (see docs/VALIDATION.md,
-"The shipped sample cohort", and the issue note) and hold with a margin. The sample cohort is
-coarse on purpose (2.8-3.3 mm voxels, to stay a few MiB), so these bounds are
-much wider than the accuracy on clinical resolutions, which
+The error bounds below were measured on this run (see docs/VALIDATION.md, "The
+shipped sample cohort", and the issue note) and hold with a margin. The sample
+cohort is coarse on purpose (2.8-3.3 mm voxels, to stay a few MiB), so these
+bounds are much wider than the accuracy on clinical resolutions, which
 ``benchmarks/measurement.py`` and ``benchmarks/registration.py`` measure.
 """
 from __future__ import annotations
