@@ -1330,9 +1330,10 @@ def _elongated_like_vessel(mask, sp, hu, t, inplane, max_ratio=0.3):
 
     .. math:: S / L < 0.3, \qquad L > 3\,h_{xy}
 
-    with :math:`L, S` the axial long and short axes of the mask as reported
-    by :func:`nodulegrowth.measure.axial_axes` (sub-voxel contour at the
-    threshold) and :math:`h_{xy}` the in-plane voxel size. Nodules are rarely
+    with :math:`L, S` the axial long and short axes, as reported by
+    :func:`nodulegrowth.measure.axial_axes` (sub-voxel contour at the
+    threshold), of the mask with the voxels in-plane next to it above the
+    threshold, and :math:`h_{xy}` the in-plane voxel size. Nodules are rarely
     more than 3:1 in-plane; a region grown along a tubular structure is. At
     coarse voxels (about 3 mm) the opening cannot cut a vessel of the size of
     a voxel, so this flags what it leaves behind (a false alarm only costs a
@@ -1341,8 +1342,13 @@ def _elongated_like_vessel(mask, sp, hu, t, inplane, max_ratio=0.3):
     from .errors import MeasurementError
     from .measure import axial_axes  # local import keeps segment importable on its own
 
+    # axial_axes' HU contour stops where the mask was cut off from a denser
+    # neighbour; here what goes on beyond the cut is the evidence (a vessel
+    # line one voxel longer than the mask keeps of it), so the mask is
+    # extended in-plane by the voxels next to it above the threshold
+    ext = mask | (ndimage.binary_dilation(mask, structure=np.ones((1, 3, 3), bool)) & (np.asarray(hu) >= t))
     try:
-        ax = axial_axes(mask, sp, hu=hu, threshold_hu=t)
+        ax = axial_axes(ext, sp, hu=hu, threshold_hu=t)
     except MeasurementError:  # e.g. an empty mask: nothing to flag, and a QC flag must not cost the segmentation
         return False
     return bool(ax.long_mm > 3.0 * inplane and ax.short_mm < max_ratio * ax.long_mm)
