@@ -389,24 +389,40 @@ def test_small_solid_nodule_volume_is_not_biased_by_its_blurred_centre(r):
     assert abs(volume_mm3(seg.mask, sp) / (4 / 3 * math.pi * r ** 3) - 1) < 0.05
 
 
-@pytest.mark.xfail(strict=True, reason="known: on 1 mm pixels the blurred-ball level of a 4 mm solid nodule is "
-                   "rejected by its fixed 30 % ceiling (+42 to +49 % volume); see docs/VALIDATION.md")
+@pytest.mark.parametrize("sp, tol", [((1.25, 1.0, 1.0), 0.10), ((1.0, 1.5, 1.5), 0.20)])
 @pytest.mark.parametrize("noise_seed", range(4))
-def test_small_solid_nodule_on_1_mm_pixels_known_over_segmentation(noise_seed):
-    # on 1 x 1 x 1.25 mm voxels the deepest voxels of a 4 mm solid nodule read
-    # 25-41 % of the contrast below its tissue level; the blurred-ball fit finds
-    # the level (within 8 %) but its plausibility ceiling (30 % of the contrast
-    # above the deepest voxels) rejects it, and the partial-volume step then
-    # over-segments. Letting the fit explain the deepest voxels instead fixes
-    # this case (-3 to +4 %), but part-solid nodules of 4-6 mm typed as solid
-    # are then measured as their core alone, and benchmark agreement fell
-    # (docs/VALIDATION.md, "Other pixel sizes and noise"): not shipped.
-    sp = (1.25, 1.0, 1.0)
+def test_small_solid_nodule_on_coarse_pixels_is_not_over_segmented(noise_seed, sp, tol):
+    # on 1 mm pixels the deepest voxels of a 4 mm solid nodule read 25-41 %
+    # of the contrast below its tissue level (more on 1.5 mm: they lie up to
+    # a voxel from the centre, and the smoothing is half a voxel); the
+    # blurred-ball fit finds the level, but a fixed plausibility ceiling (30 %
+    # of the contrast above the deepest voxels) rejected it and the
+    # partial-volume step over-segmented: +42 to +49 % here on 1 mm pixels,
+    # +75 to +88 % on 1.5 mm, at e44cc70. The ceiling now allows for the
+    # grid's share of the lowering: -3 to +4 % and +1 to +14 %. On 1.5 mm
+    # pixels the ball is under three voxels across, hence the wider bound.
     r = 2.0
     off = tuple(np.random.default_rng(noise_seed).uniform(-0.5, 0.5, 3) * np.asarray(sp))
     img, c = render([(ball(r), SOLID)], sp, size_mm=30.0, seed=noise_seed, noise=20.0, offset=off)
     seg = segment_nodule(img, sp, c)
-    assert abs(volume_mm3(seg.mask, sp) / (4 / 3 * math.pi * r ** 3) - 1) < 0.10
+    assert abs(volume_mm3(seg.mask, sp) / (4 / 3 * math.pi * r ** 3) - 1) < tol
+
+
+@pytest.mark.parametrize("r, r_core", [(2.6, 1.0), (2.8, 1.1), (3.0, 1.2)])
+@pytest.mark.parametrize("noise_seed", range(4))
+def test_small_part_solid_nodule_on_coarse_pixels_is_not_measured_as_its_core(noise_seed, r, r_core):
+    # on 1.5 mm pixels a 5-6 mm part-solid nodule is mostly typed solid (its
+    # rim is not resolved); the blurred-ball fit then reads its core as a
+    # small dense ball and its level runs to the fit's bound. With the grid's
+    # allowance alone such a fit passed and the nodule was measured as its
+    # core (-48 to -62 % in 7 of these 12); a level at its bound is refused,
+    # which leaves -26 to +7 %. Whatever the type, not the core alone.
+    sp = (1.0, 1.5, 1.5)
+    off = tuple(np.random.default_rng(noise_seed).uniform(-0.5, 0.5, 3) * np.asarray(sp))
+    img, c = render([(ball(r), GGO), (ball(r_core), SOLID)], sp, size_mm=30.0, seed=noise_seed, noise=15.0,
+                    offset=off)
+    seg = segment_nodule(img, sp, c)
+    assert volume_mm3(seg.mask, sp) / (4 / 3 * math.pi * r ** 3) - 1 > -0.35
 
 
 @pytest.mark.parametrize("r", [2.2, 2.6, 3.0])
