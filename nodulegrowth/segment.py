@@ -1274,9 +1274,11 @@ def _blurred_ball_level(sm, region, mask, p_loc, g_band, sp, deepest=None, smoot
     # and 31-37 % on 1.5 mm (benchmark scenes), and a fixed 30 % ceiling
     # rejected right fits (+25 to +100 % volume). The grid's share of that
     # is known and allowed for; the scanner's share keeps the fixed
-    # allowance. That allowance is also what turns away most part-solid
-    # nodules typed as solid (their fits read the core as a small dense
-    # ball, 0.8-6.5 times the contrast above the deepest voxels); on 1-1.5 mm
+    # allowance (set where the PSF sigma is 0.5-0.7 mm; an independent
+    # phantom with 0.86 mm asked 42 % on 1 mm pixels and was refused by a
+    # hair). That allowance is also what turns away most part-solid nodules
+    # typed as solid (their fits read the core as a small dense ball, 0.7 to
+    # over 2 times the contrast above the deepest voxels); on 0.7-1 mm
     # pixels the grid's allowance now lets a few through, which are then
     # measured as their core (docs/VALIDATION.md, "Other pixel sizes")
     keep = 1.0

@@ -251,7 +251,7 @@ def test_axial_axes_subvoxel_on_hu_contour():
 
 
 @pytest.mark.parametrize("r, wall_x", [(4.3, 3.8), (5.1, 4.4), (3.6, 3.0)])
-def test_axial_axes_on_hu_contour_stop_at_the_chest_wall(r, wall_x):
+def test_axial_axes_hu_contour_stops_at_the_chest_wall(r, wall_x):
     # a partial-volume disc cut by a chest wall (x >= wall_x) that the mask
     # leaves out: the HU iso-line used to cross the wall voxels next to the
     # mask and read both axes +1.2 to +1.6 mm long. The long axis is a
