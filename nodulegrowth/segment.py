@@ -1174,7 +1174,7 @@ def _pv_threshold(sm, mask, dense, wall, G, sp, inplane, *, two_tissue: bool, co
         # Not for ground glass: there the same fit read the level high
         # (4-6 mm: -1 % -> -7 %), for reasons not understood yet
         fitted = _blurred_ball_level(sm, region, mask, p_loc, g_in, sp,
-                                     deepest=np.argwhere(mask)[band], smooth_mm=0.5 * inplane)
+                                     deepest=idx[band], smooth_mm=0.5 * inplane)
         if fitted is not None:
             g_in = fitted
     frac = (sm[region] - p_loc) / (g_in - p_loc)
