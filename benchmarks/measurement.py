@@ -9,7 +9,8 @@ Run by hand::
 
 Phantoms are rendered analytically here (no dependence on our own phantom
 generator's constants): ellipsoidal nodules with random orientation, random
-tissue levels (lung -880..-800 HU, solid 0..60 HU, ground glass -700..-520 HU),
+tissue levels (lung -880..-800 HU, solid 0..60 HU, ground glass -700..-520 HU;
+``--gg-hu``, e.g. -450 -300 for rims denser than halfway to water),
 random noise (SD 10..30 HU; ``--noise``), exact partial-volume occupancy by
 supersampling each voxel (which also integrates the slice thickness: the
 slice sensitivity profile is a box of one slice spacing), a Gaussian in-plane
@@ -71,6 +72,8 @@ THICKNESSES = (1.0, 1.25, 2.5, 5.0)
 INPLANE = 0.7
 NOISE_HU = (10.0, 30.0)
 PSF_MM = (0.5, 0.7)
+#: ground-glass level range (HU) of ground-glass nodules and part-solid rims
+GG_HU = (-700.0, -520.0)
 
 
 # --------------------------------------------------------------------------
@@ -121,7 +124,7 @@ def make_scene(rng, kind, location, diameter, scale=1.0):
     """Objects (inside, HU) painted in order, the nodule ellipsoid(s) and levels."""
     lung = rng.uniform(-880, -800)
     solid_hu = rng.uniform(0, 60)
-    gg_hu = rng.uniform(-700, -520)
+    gg_hu = rng.uniform(*GG_HU)
     elong = rng.uniform(1.0, 1.5, 3)
     axes = 0.5 * diameter * elong / float(np.prod(elong)) ** (1 / 3)
     rot = random_rotation(rng)
@@ -464,7 +467,7 @@ def phantom_check(seeds, preset, nodules=None):
 
 
 def main(argv=None):
-    global INPLANE, NOISE_HU, PSF_MM
+    global INPLANE, NOISE_HU, PSF_MM, GG_HU
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=4, help="nodule pairs per (type, size, thickness, location) cell")
     ap.add_argument("--rep-nodules", type=int, default=4, help="nodules per repeatability cell")
@@ -478,6 +481,9 @@ def main(argv=None):
                     help="image noise SD range (HU)")
     ap.add_argument("--psf", nargs=2, type=float, default=list(PSF_MM), metavar=("LO", "HI"),
                     help="in-plane PSF sigma range (mm)")
+    ap.add_argument("--gg-hu", nargs=2, type=float, default=list(GG_HU), metavar=("LO", "HI"),
+                    help="ground-glass level range (HU); denser than about -450 HU is a rim above "
+                         "halfway from the lung to water")
     ap.add_argument("--csv", type=Path, help="write the raw per-case results here (prefix)")
     ap.add_argument("--write-model", action="store_true",
                     help="write the fitted model to nodulegrowth/params/uncertainty_model.csv")
@@ -495,7 +501,9 @@ def main(argv=None):
             or not (0 < args.psf[0] <= args.psf[1]):
         sys.exit(f"--inplane {args.inplane} / --noise {args.noise} / --psf {args.psf}: need 0.2 <= inplane <= 2 mm, "
                  "0 <= LO <= HI for the noise and 0 < LO <= HI for the PSF")
-    INPLANE, NOISE_HU, PSF_MM = args.inplane, tuple(args.noise), tuple(args.psf)
+    if not (-1000.0 < args.gg_hu[0] <= args.gg_hu[1] < 0.0):
+        sys.exit(f"--gg-hu {args.gg_hu}: need -1000 < LO <= HI < 0 HU")
+    INPLANE, NOISE_HU, PSF_MM, GG_HU = args.inplane, tuple(args.noise), tuple(args.psf), tuple(args.gg_hu)
     if args.quick:
         args.n, args.rep_nodules, args.rep_repeats = 1, 1, 4
     rng = np.random.default_rng(args.seed)
