@@ -46,7 +46,7 @@ surrounding lung. Every threshold is derived from the image itself:
    is known only to half a voxel, and an opening test whose erosion depth is
    below one voxel is not made (at ~3 mm voxels it would erode any small
    nodule to a point and read that as a leak).
-7. **Outer layer** (slices up to 2.5 mm): a rim denser than the boundary
+7. **Outer layer** (slices up to 2.5 mm, solid core): a rim denser than the boundary
    threshold lies inside the mask, and one at the threshold is split by the
    noise; neither is seen outside the mask. On the nodule grown at 35 % of
    the contrast, the depth profile (median HU by 3-D depth in bins of
@@ -54,9 +54,12 @@ surrounding lung. Every threshold is derived from the image itself:
    run of bins spanning max(1 mm, 2 bins) that stays below 80 % of the
    profile's top and within 15 % of the contrast of itself is a layer of
    tissue of its own (a blurred uniform edge crosses that band in about
-   0.6 mm). The nodule is then regrown at the midpoint between the
+   0.6 mm). A layer at or above the threshold :math:`t`, or above halfway
+   from :math:`P` to water (where step 7b takes no rim), is the nodule's
+   outer tissue: the nodule is regrown at the midpoint between the
    parenchyma and that layer's level, and step 7b is skipped
-   (:func:`_outer_plateau_level`).
+   (:func:`_outer_plateau_level`); a layer below both is left to step 7b,
+   which reads a blurred rim's level better.
 7b. **Ground-glass halo**: when the core is solid, the in-plane ring 1-2.5 mm
    outside the solid region is examined; if its upper quartile is clearly above
    the parenchyma (a ground-glass rim) and the edge is not the symmetric edge
@@ -744,13 +747,16 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool, in_structu
     # reads, as "dense" (24 mm, -400 HU rim: -87 %). Hence the depth profile
     # of the nodule grown at 35 % of the contrast, which holds any rim denser
     # than the halo test's clear level (step 7b).
+    # Like the halo test, only round a solid core: a ground-glass core has
+    # no denser centre to look past (and the extra region growing cost a
+    # third of the segmentation time)
     layered = False
-    if nodule_type in (None, "part_solid", "solid"):
+    if C >= solid_level and nodule_type in (None, "part_solid", "solid"):
         m_low = segment_at(P + 0.35 * (C - P))[0]
         plateau_level = _outer_plateau_level(sm, m_low if m_low.any() else mask, sp, P, inplane)
         # a layer below the threshold and below halfway to water lies outside
         # the mask: the halo test (step 7b) measures it there, and better
-        # (the profile's run takes in some of the core's blurred flank: 10-50
+        # (the profile's run takes in some of the core's blurred flank: 8-50
         # HU high on five 9-18 mm part-solid benchmark nodules with -520 to
         # -590 HU rims, volume -4 to -15 % where the halo test had -2 to
         # +1 %). The halo test takes no rim denser than halfway to water:
