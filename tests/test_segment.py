@@ -18,7 +18,8 @@ from scipy import ndimage
 
 from nodulegrowth.errors import NoduleGrowthError, SegmentationError
 from nodulegrowth.measure import measure_nodule, volume_mm3
-from nodulegrowth.segment import Segmentation, _trim_vessel_stubs, joint_nodule_type, segment_nodule
+from nodulegrowth.segment import (Segmentation, _blurred_ball_level, _blurred_ball_profile, _trim_vessel_stubs,
+                                  joint_nodule_type, segment_nodule)
 
 SPACINGS = [(1.0, 0.7, 0.7), (2.5, 0.8, 0.8), (0.6, 0.5, 0.5)]
 LUNG = -850.0
@@ -406,6 +407,71 @@ def test_small_solid_nodule_on_coarse_pixels_is_not_over_segmented(noise_seed, s
     img, c = render([(ball(r), SOLID)], sp, size_mm=30.0, seed=noise_seed, noise=20.0, offset=off)
     seg = segment_nodule(img, sp, c)
     assert abs(volume_mm3(seg.mask, sp) / (4 / 3 * math.pi * r ** 3) - 1) < tol
+
+
+@pytest.mark.parametrize("r", [1.8, 1.9, 2.0])
+@pytest.mark.parametrize("noise_seed", range(6))
+def test_small_solid_nodule_blurred_beyond_the_fit_allowance_is_not_inflated(r, noise_seed):
+    # a 3.6-4 mm solid nodule under a 0.7 mm PSF on 1 mm pixels and 1.25 mm
+    # slices: its centre reads about half of its contrast. The blurred-ball
+    # fit finds the level but lies above the fit's allowance; refused, the
+    # partial-volume step read the level at the deepest voxels and inflated
+    # the volume: +49 to +94 % in 14 of these 18 cases at 7c9b249 (unflagged;
+    # found as a +81 % T2 of a shrinking nodule drawn from the benchmark's
+    # scene generator). Now the allowance's level: -4 to +18 %. The bound is
+    # about half of rel_tol at these sizes.
+    sp = (1.25, 1.0, 1.0)
+    off = tuple(np.random.default_rng(noise_seed).uniform(-0.5, 0.5, 3) * np.asarray(sp))
+    img, c = render([(ball(r), SOLID)], sp, size_mm=30.0, seed=noise_seed, noise=20.0, offset=off, psf_mm=0.7)
+    seg = segment_nodule(img, sp, c)
+    err = volume_mm3(seg.mask, sp) / (4 / 3 * math.pi * r ** 3) - 1
+    assert abs(err) < 0.25, f"{100 * err:+.0f} %"
+
+
+@pytest.mark.parametrize("radius, sigma", [(1.9, 0.9), (2.2, 1.0), (2.2, 1.2)])
+def test_blurred_ball_fit_above_its_allowance_is_held_between_the_deepest_voxels_and_the_truth(radius, sigma):
+    # a noise-free blurred ball whose centre keeps less of its contrast than
+    # the fit's allowance (30 % for the scanner's blur) accepts: the fit's
+    # level is above the allowance. It was refused, and the deepest voxels,
+    # read as the level, made every partial-volume fraction too large. Now
+    # the allowance's level, and at most what the deepest voxels imply under
+    # CT blur (sigma <= 1.1 mm; the 1.2 mm case is a wider edge than that):
+    # above the deepest voxels, not above the truth.
+    sp = np.array([1.25, 1.0, 1.0])
+    n = 25
+    idx = np.indices((n, n, n)).astype(float)
+    r = np.sqrt((((idx - (n - 1) / 2) * sp[:, None, None, None]) ** 2).sum(axis=0))
+    p_loc, level = -850.0, 30.0
+    sm = p_loc + (level - p_loc) * _blurred_ball_profile(r, radius, sigma)
+    mask = sm >= p_loc + 0.5 * (sm.max() - p_loc)
+    region = ndimage.binary_dilation(mask, iterations=3)
+    deepest = np.argwhere(mask & (sm >= np.sort(sm[mask])[-7]))
+    g_band = float(np.median(sm[tuple(deepest.T)]))
+    fitted = _blurred_ball_level(sm, region, mask, p_loc, g_band, sp, deepest=deepest, smooth_mm=0.5)
+    assert fitted is not None and g_band < fitted <= level + 1.0, (fitted, g_band)
+
+
+@pytest.mark.parametrize("r, rv", [(2.6, 1.0), (2.9, 1.2), (3.2, 1.2)])
+@pytest.mark.parametrize("click_mm", [(0.0, -1.0, -0.5), (0.0, 0.7, 0.7)])
+@pytest.mark.parametrize("noise_seed", range(4))
+def test_small_solid_nodule_beside_a_vessel_as_thick_as_the_first_ball(r, rv, click_mm, noise_seed):
+    # a vessel about as thick as the first opening ball is cut only where
+    # the noise thins it, and the stub left on the mask (and the vessel's
+    # blurred flank, as dense as the nodule's) counted as nodule: at 7c9b249
+    # +37 to +51 % for the 5.8 mm nodule (flagged), +5 to +12 % for the
+    # 6.4 mm one, and one +40 % unflagged for the 5.2 mm one (15 of these
+    # 24 cases over 10 %). Now a cut vessel as thick as the ball asks for
+    # the next ball, and the space nearer to the vessel than to the nodule
+    # is the vessel's in the partial-volume step: -5 to +8 %. The flag may
+    # stay (the vessel is over 0.4 times the nodule's radius); the volume
+    # must be right all the same.
+    sp = (1.0, 0.7, 0.7)
+    vessel = (cylinder(rv, (0.0, 0.0, r + rv - 0.3), (0.3, 1.0, 0.2)), SOLID + 10.0)
+    img, c = render([vessel, (ball(r), SOLID)], sp, size_mm=36.0, seed=noise_seed, noise=20.0, psf_mm=0.65)
+    seg = segment_nodule(img, sp, tuple(ci + d / q for ci, d, q in zip(c, click_mm, sp)))
+    err = volume_mm3(seg.mask, sp) / (4 / 3 * math.pi * r ** 3) - 1
+    assert seg.location == "juxtavascular"
+    assert abs(err) < 0.10, f"{100 * err:+.0f} %, flags {seg.flags}"
 
 
 @pytest.mark.parametrize("r, r_core", [(2.6, 1.0), (2.8, 1.1), (3.0, 1.2)])
