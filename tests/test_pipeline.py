@@ -114,8 +114,8 @@ def test_errors_against_truth_within_measured_bounds(demo):
 #: before, is stable, but by a measured change of +1.42 mm against the 1.5 mm
 #: threshold, so the bound stays at 3). What is left at this coarse resolution: the
 #: juxtavascular nodule of PH00101 keeps part of a vessel at T1 (+25 %;
-#: flagged `segmentation_leak` then, no longer on 2026-11-26, at 7c9b249 as
-#: at 8d13b2d: not traced yet; mean-diameter MAE 0.76 / 0.96 mm there), and the stable juxtapleural nodule of
+#: flagged `segmentation_leak` then, no longer since 0774e49, by git bisect
+#: on the demo; mean-diameter MAE now 0.76 / 0.96 mm), and the stable juxtapleural nodule of
 #: PH00202 is called shrunk (its volume is 12 % and 17 % low; it was flagged
 #: `change_within_measurement_error` until the uncertainty model refitted at
 #: PIPELINE_VERSION 5 rated solid volumes as more repeatable). These bounds
