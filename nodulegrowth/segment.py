@@ -287,6 +287,21 @@ def _check_inputs(volume_hu, spacing_zyx, seed_zyx, lung_mask, nodule_type):
     return vol, sp, tuple(int(v) for v in si), lm
 
 
+def _near_isotropic(sp) -> bool:
+    """Slices up to twice the in-plane voxel size (spacing ``sp`` (z, y, x), mm).
+
+    There 3-D balls of a few voxels are resolved along z, and a slice does
+    not average sections of very different sizes: the vessel and leak steps
+    that use such balls run only there.
+    """
+    return float(sp[0]) <= 2.0 * float(min(sp[1], sp[2]))
+
+
+def _wall_side(wall: np.ndarray, sp, inplane: float) -> np.ndarray:
+    """The chest wall with its blurred flank: voxels within max(1.5 mm, 2 voxels) of ``wall``."""
+    return wall | (_distance_to(wall, sp) <= max(1.5, 2.0 * inplane))  # the distance is inf when no wall
+
+
 def _ball_offsets(radius_mm: float, sp: np.ndarray) -> np.ndarray:
     """Integer offsets (n, 3) of an ellipsoidal ball of ``radius_mm`` on the grid."""
     r = np.maximum(np.floor(radius_mm / sp).astype(int), 0)
@@ -588,10 +603,8 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool, in_structu
     solid nodule reads its blurred edge, which is not a structure of its own."""
     flags: list[str] = []
     inplane = float(min(sp[1], sp[2]))
-    # slices up to twice the in-plane size: 3-D balls of a few voxels are
-    # resolved along z, and a slice does not average sections of very
-    # different sizes (the leak retest and the clear-rim rule hold only there)
-    near_isotropic = float(sp[0]) <= 2.0 * inplane
+    # the leak retest, the clear-rim rule and the vessel steps hold only there
+    near_isotropic = _near_isotropic(sp)
     # light smoothing suppresses noise for region growing without moving a
     # convex boundary; no smoothing across thick slices
     sig = [0.5 if sp[0] <= 1.5 else 0.0, 0.5, 0.5]
@@ -668,7 +681,7 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool, in_structu
             # and is cut away with it (a 10.8 mm ground-glass nodule on the
             # chest wall, project phantom: -30 % volume, -60 % without a lung
             # mask; -1 % with the flank left out).
-            wall_side = wall | (_distance_to(wall, sp) <= max(1.5, 2.0 * inplane))  # inf when no wall
+            wall_side = _wall_side(wall, sp, inplane)
             cand &= ~_far_reaching_solid(np.where(wall_side, -np.inf, sm), vessel_level, seed, sp,
                                          2.0 * r_nod + 2.0, dilate=vessel_level >= solid_level)
             if not cand[seed]:
@@ -904,7 +917,7 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool, in_structu
         others = dense & ~mask & ~wall
         if wall.any() and others.any():
             lab, _ = ndimage.label(others, structure=_CONN6)
-            on_wall = np.unique(lab[others & (_distance_to(wall, sp) <= max(1.5, 2.0 * inplane))])
+            on_wall = np.unique(lab[others & _wall_side(wall, sp, inplane)])
             others &= ~np.isin(lab, on_wall[on_wall > 0])
         attached = _attached_structures(others, d_m, inplane)
         if attached.any():
@@ -1489,10 +1502,9 @@ def _blurred_ball_level(sm, region, mask, p_loc, g_band, sp, deepest=None, smoot
     # over 2 times the contrast above the deepest voxels); on 0.7-1 mm
     # pixels the grid's allowance now lets a few through, which are then
     # measured as their core (docs/VALIDATION.md, "Other pixel sizes")
-    keep = 1.0
-    if deepest is not None and len(deepest) and smooth_mm > 0:
-        r_d = np.sqrt((((np.asarray(deepest) - centre) * spv) ** 2).sum(axis=1))
-        keep = float(np.median(_blurred_ball_profile(r_d, r_eq, smooth_mm)))
+    has_deepest = deepest is not None and len(deepest) > 0
+    r_d = np.sqrt((((np.asarray(deepest) - centre) * spv) ** 2).sum(axis=1)) if has_deepest else np.zeros(1)
+    keep = float(np.median(_blurred_ball_profile(r_d, r_eq, smooth_mm))) if has_deepest and smooth_mm > 0 else 1.0
     # ... and a level held at its bound (twice the deepest voxels' contrast)
     # is no estimate: the fits of part-solid nodules typed as solid end
     # there on 1.5 mm pixels, where the grid's allowance would pass them
@@ -1521,10 +1533,8 @@ def _blurred_ball_level(sm, region, mask, p_loc, g_band, sp, deepest=None, smoot
         # estimate (see above). Not on slices over twice the pixel size,
         # where a nodule of a few millimetres lies on two or three slices and
         # the fit is less sure (2.5 mm slices: a 4.4 mm nodule +7 -> -18 %).
-        if float(spv[0]) > 2.0 * float(min(spv[1], spv[2])):
+        if not _near_isotropic(spv):
             return None
-        r_d = np.zeros(1) if deepest is None or not len(deepest) else \
-            np.sqrt((((np.asarray(deepest) - centre) * spv) ** 2).sum(axis=1))
         k_ct = float(np.median(_blurred_ball_profile(r_d, radius, min(sigma, _MAX_BLUR_SIGMA_MM))))
         implied = p_loc + contrast / max(k_ct, 1e-3)
         return float(max(g_band, min(ceiling, implied)))
