@@ -117,6 +117,15 @@ surrounding lung. Every threshold is derived from the image itself:
     in an elongated nodule) and is removed (:func:`_trim_vessel_stubs`). A
     solid nodule's vessel is no denser than the nodule, so nothing tells its
     stub from a lobe: there only the leak flags speak.
+11. **The chest wall's flank** (ground-glass nodules on the wall, equivalent
+    radius at least 2.5 mm, the slice thickness and two pixels): at a ground-glass threshold the wall's blurred
+    flank reaches about a millimetre into the lung, where it hides the
+    nodule's side against the wall (left out as wall, or, with a lung mask
+    whose edge is the wall's surface, taken in as nodule). CT blur is
+    linear: the wall's share of the image, read from the wall away from the
+    nodule as a function of the distance to its 50 % surface (a quadric
+    fitted to that surface around the nodule), is subtracted and the nodule
+    segmented again as an isolated one (:func:`_without_wall_flank`).
 
 QC flags (for the contract's ``qc_flags``): ``touches_pleura`` (the mask
 touches the chest wall), ``touches_roi_border``, ``segmentation_leak`` (the mask
@@ -595,7 +604,8 @@ def segment_nodule(volume_hu, spacing_zyx, seed_zyx, *, lung_mask=None, nodule_t
     return seg
 
 
-def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool, in_structure: bool = False) -> Segmentation:
+def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool, in_structure: bool = False,
+             wall_subtracted: bool = False) -> Segmentation:
     """The body of :func:`segment_nodule` on checked inputs; ``refine_seed``
     allows the move to the densest voxel within 2 mm (step 1); ``in_structure``
     (the alternatives to the refined seed) requires the seed's core to stand
@@ -1028,6 +1038,22 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool, in_structu
         flags.append("segmentation_leak")
     if not mask[seed0]:
         flags.append("seed_outside_nodule")
+    # a faint nodule on the chest wall: see _without_wall_flank. Only a
+    # nodule with an interior beyond the blur (an equivalent radius of at
+    # least the plateau depth, the slice thickness and two pixels): below
+    # that its partial-volume level reads low and the volume high, which the
+    # part lost at the wall had offset (4-5 mm on 0.7 mm pixels: median
+    # error -2 -> +11 %; 4-6 mm on 1.5 mm pixels: -3 -> +28 % on one). Not
+    # for part-solid nodules: their thin rims read lower still without the
+    # wall (48 scans of 5-12 mm on the wall: median |error| 3.6 -> 7.0 %)
+    if location == "juxtapleural" and ntype == "ground_glass" and not wall_subtracted \
+            and (3.0 * float(mask.sum()) * float(np.prod(sp)) / (4.0 * math.pi)) ** (1.0 / 3.0) \
+            >= max(_PLATEAU_DEPTH_MM, float(sp[0]), 2.0 * inplane):
+        again = _without_wall_flank(vol, sp, seed0, lung, ntype, mask, wall, P, leak,
+                                    refine_seed=refine_seed, in_structure=in_structure,
+                                    low_contrast="low_contrast_nodule" in flags)
+        if again is not None:
+            return again
     return Segmentation(
         mask=mask,
         nodule_type=ntype,
@@ -1040,6 +1066,165 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool, in_structu
         core_hu=float(C),
         solid_threshold_hu=float(t_solid),
     )
+
+
+def _wall_flank_excess(vol, sm, sp, wall, mask, P):
+    r"""The chest wall's share of the image near a nodule (HU above the lung), or None.
+
+    CT blur is linear, so the image near the wall is the lung level plus the
+    blurred excess of the wall plus that of the nodule. The wall's excess is
+    read from the wall itself, away from the nodule. With :math:`W` the
+    median of the wall deeper than 3 mm, the wall's 50 % iso-surface
+    :math:`I_\sigma = (P + W) / 2` (marching cubes within ``wall``) is
+    fitted, within :math:`R = r_{eq} + 15` mm of the nodule's centre
+    (:math:`r_{eq}` the equivalent radius of ``mask``) but more than 3 mm
+    from ``mask`` (where the nodule's own excess bulges it), by a quadric
+    over its plane of best fit; :math:`d` is the signed distance (mm,
+    positive on the lung side) to that surface, sub-voxel (the flank falls
+    by several hundred HU per millimetre). The excess profile,
+
+    .. math:: e(d) = \max\big(0,\ \operatorname{median}\{I_j : d_j \in [d, d + 0.1\ \mathrm{mm})\} - P\big),
+
+    is read from -3 to +4 mm over the voxels within :math:`R` and more than
+    4 mm from ``mask`` (bins of fewer than 20 voxels skipped), made
+    non-increasing outwards, :math:`W - P` deeper inside and 0 farther out;
+    beyond :math:`R` the excess is 0 (the image is left as it is).
+
+    Parameters
+    ----------
+    vol, sm : numpy.ndarray of float, shape (z, y, x)
+        The image and its lightly smoothed copy (HU).
+    sp : sequence of 3 float
+        Voxel size (z, y, x) in mm.
+    wall : numpy.ndarray of bool, shape (z, y, x)
+        The chest wall as the segmentation found it (outside the lung).
+    mask : numpy.ndarray of bool, shape (z, y, x)
+        The nodule as first segmented.
+    P : float
+        Lung level (HU).
+
+    Returns
+    -------
+    numpy.ndarray of float or None
+        The excess (HU, shape of ``vol``); None when the wall is too small
+        to read it (fewer than 50 voxels deeper than 3 mm, fewer than 50
+        surface vertices for the fit, no bins from 1 mm inside to 2 mm
+        outside) or not smooth near the nodule (fit RMS over 1 mm).
+    """
+    from skimage import measure as skmeasure
+
+    spv = np.asarray(sp, float)
+    deep = wall & (_morph.edt(wall, spv) > 3.0)
+    if deep.sum() < 50 or not mask.any():
+        return None
+    W = float(np.median(vol[deep]))
+    if not W > P:
+        return None
+    level = P + 0.5 * (W - P)
+    inside = wall & (sm >= level)
+    if not inside.any() or inside.all():
+        return None
+    try:
+        verts, _, _, _ = skmeasure.marching_cubes(sm, level, spacing=tuple(spv),
+                                                  mask=ndimage.binary_dilation(wall, _CONN6))
+    except (ValueError, RuntimeError):
+        return None
+    d_mask = _distance_to(mask, spv)
+    centre = np.asarray(ndimage.center_of_mass(mask)) * spv
+    reach = (3.0 * float(mask.sum()) * float(np.prod(spv)) / (4.0 * math.pi)) ** (1.0 / 3.0) + 15.0
+    vi = np.clip(np.round(verts / spv).astype(int), 0, np.array(sm.shape) - 1)
+    keep = (d_mask[tuple(vi.T)] > 3.0) & (np.sqrt(((verts - centre) ** 2).sum(axis=1)) <= reach)
+    pts = verts[keep]
+    if len(pts) < 50:
+        return None
+    p0 = pts.mean(axis=0)
+    _, _, vt = np.linalg.svd(pts - p0, full_matrices=False)
+    e1, e2, nrm = vt[0], vt[1], vt[2]
+
+    def local(x):
+        q = x - p0
+        u, w = q @ e1, q @ e2
+        return np.stack([np.ones_like(u), u, w, u * u, u * w, w * w], axis=1), q @ nrm
+
+    A, h = local(pts)
+    coef, *_ = np.linalg.lstsq(A, h, rcond=None)
+    if float(np.sqrt(np.mean((A @ coef - h) ** 2))) > 1.0:
+        return None
+    # the voxels within 5 mm of the surface (and within reach of the
+    # nodule) get their distance from the fitted surface
+    band = np.where(inside, _morph.edt(inside, spv), _distance_to(inside, spv)) <= 5.0
+    idx = np.argwhere(band)
+    pos = idx * spv
+    near = np.sqrt(((pos - centre) ** 2).sum(axis=1)) <= reach
+    idx, pos = idx[near], pos[near]
+    A, h = local(pos)
+    d = h - A @ coef
+    in_wall = inside[tuple(idx.T)]
+    # the lung side is positive: the wall's voxels lie mostly on the other
+    if np.median(d[in_wall]) > 0:
+        d = -d
+    edges = np.arange(-3.0, 4.0 + 1e-9, 0.1)
+    sel = (d_mask[tuple(idx.T)] > 4.0) & (d >= edges[0]) & (d < edges[-1])
+    k = np.digitize(d[sel], edges) - 1
+    vals = vol[tuple(idx[sel].T)]
+    prof = np.full(edges.size - 1, np.nan)
+    for i in range(edges.size - 1):
+        v = vals[k == i]
+        if v.size >= 20:
+            prof[i] = float(np.median(v))
+    ok = np.isfinite(prof)
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    if not (ok.any() and centres[ok].min() < -1.0 and centres[ok].max() > 2.0):
+        return None
+    ex = np.minimum.accumulate(np.clip(prof[ok] - P, 0.0, None))
+    ex[-1] = 0.0
+    zz, yy, xx = np.ogrid[:sm.shape[0], :sm.shape[1], :sm.shape[2]]
+    within = (zz * spv[0] - centre[0]) ** 2 + (yy * spv[1] - centre[1]) ** 2 + (xx * spv[2] - centre[2]) ** 2 \
+        <= reach ** 2
+    out = np.where(inside & within, W - P, 0.0)
+    out[tuple(idx.T)] = np.interp(d, centres[ok], ex, left=W - P, right=0.0)
+    return out
+
+
+def _without_wall_flank(vol, sp, seed, lung, ntype, mask, wall, P, leak, *, refine_seed, in_structure,
+                        low_contrast=False):
+    """The segmentation of a faint nodule on the chest wall with the wall's blurred flank subtracted, or None.
+
+    At a ground-glass threshold (about 15 % of the wall's contrast) the
+    wall's blurred flank reaches about a millimetre into the lung and is
+    taken for wall: the nodule's part within it was left out (6-10 mm
+    ground-glass nodules tangent to the wall, benchmark generator: every
+    voxel within 1 mm of the wall missed, -7 % volume). With the wall's
+    excess (:func:`_wall_flank_excess`) subtracted the wall is gone and the
+    nodule is segmented as an isolated one, with its type. The result is
+    kept when what it adds lies where the flank was (the excess above 2 %
+    of the wall's contrast, or within a voxel of the first mask) and it is
+    not flagged a leak when the first was not.
+    """
+    spv = np.asarray(sp, float)
+    sm = ndimage.gaussian_filter(vol, [0.5 if spv[0] <= 1.5 else 0.0, 0.5, 0.5], mode="nearest")
+    excess = _wall_flank_excess(vol, sm, spv, wall, mask, P)
+    if excess is None:
+        return None
+    corrected = vol - excess
+    try:
+        # the lung mask still gives the lung's level and noise; the wall,
+        # now at that level, is no longer found as wall
+        seg = _segment(corrected, spv, seed, lung, ntype, refine_seed=refine_seed, in_structure=in_structure,
+                       wall_subtracted=True)
+    except SegmentationError:
+        return None
+    flank = excess > 0.02 * float(excess.max())
+    added = seg.mask & ~ndimage.binary_dilation(mask, _CONN6) & ~flank
+    if added.sum() > 0.05 * mask.sum() or ("segmentation_leak" in seg.flags and not leak):
+        return None
+    # the contrast is the first pass's (read against the lung itself)
+    flags = tuple(dict.fromkeys(("touches_pleura",) + tuple(f for f in seg.flags if f != "low_contrast_nodule")
+                                + (("low_contrast_nodule",) if low_contrast else ())))
+    return Segmentation(mask=seg.mask, nodule_type=seg.nodule_type, location="juxtapleural",
+                        solid_mask=seg.solid_mask, threshold_hu=seg.threshold_hu, flags=flags,
+                        seed_zyx=seg.seed_zyx, parenchyma_hu=seg.parenchyma_hu, core_hu=seg.core_hu,
+                        solid_threshold_hu=seg.solid_threshold_hu)
 
 
 def _seed_around_lucency(vol: np.ndarray, sp: np.ndarray, seed0, lung, max_radius_mm: float = 12.0):
