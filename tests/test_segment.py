@@ -532,26 +532,18 @@ def _oblique_wall(offset_mm, angle=0.5):
 @pytest.mark.parametrize("spacing", [(1.0, 0.7, 0.7), (1.25, 0.7, 0.7), (0.6, 0.5, 0.5)])
 @pytest.mark.parametrize("r", [3.0, 4.0, 5.0])
 def test_ground_glass_nodule_on_the_chest_wall_is_measured_to_the_wall(spacing, r):
-    # At a ground-glass threshold (about 15 % of the wall's contrast) the
-    # wall's blurred flank reaches about 1 mm into the lung: without the
-    # lung mask it was taken for wall and the nodule's part within it was
-    # lost (-4 to -12 %); with the mask, whose edge is the wall's surface,
-    # it was taken for nodule (+2 to +16 %). With the wall's flank
-    # subtracted both give the same volume, within 5 % of the truth.
+    # Without a lung mask the chest wall is found by closing the air round
+    # the nodule; at a ground-glass threshold (about 15 % of the wall's
+    # contrast) the wall's blurred flank reaches about 1 mm into the lung
+    # and was taken for wall, and the nodule's side within it with it (-4
+    # to -11 %). With the wall's flank subtracted: -4.4 to -0.8 %.
     inside, n = _oblique_wall(r)
     img, c = render([(inside, 40.0), (ball(r), GGO)], spacing, size_mm=36.0, seed=1)
-    sh = img.shape
-    z, y, x = np.meshgrid(*[(np.arange(sh[i]) - (sh[i] - 1) / 2) * spacing[i] for i in range(3)], indexing="ij")
-    lung = ~inside(z, y, x)
-    v_true = 4 / 3 * math.pi * r ** 3
-    vols = []
-    for lung_mask in (None, lung):
-        seg = segment_nodule(img, spacing, c, lung_mask=lung_mask)
-        assert (seg.location, seg.nodule_type) == ("juxtapleural", "ground_glass")
-        assert "touches_pleura" in seg.flags and "segmentation_leak" not in seg.flags
-        vols.append(volume_mm3(seg.mask, spacing))
-        assert abs(vols[-1] / v_true - 1) < 0.05, f"{100 * (vols[-1] / v_true - 1):+.1f} %"
-    assert abs(vols[1] / vols[0] - 1) < 0.02
+    seg = segment_nodule(img, spacing, c)
+    assert (seg.location, seg.nodule_type) == ("juxtapleural", "ground_glass")
+    assert "touches_pleura" in seg.flags and "segmentation_leak" not in seg.flags
+    err = volume_mm3(seg.mask, spacing) / (4 / 3 * math.pi * r ** 3) - 1
+    assert abs(err) < 0.05, f"{100 * err:+.1f} %"
 
 
 @pytest.mark.parametrize("spacing", [(1.0, 0.7, 0.7), (2.5, 0.8, 0.8)])
