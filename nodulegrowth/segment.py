@@ -1044,8 +1044,9 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool, in_structu
     # _without_wall_flank. With a lung mask the wall's flank inside the mask
     # is counted as nodule, which is about right for a nodule on a broad
     # base (the project phantom's, pleura-clipped: median -1 %, and -4 %
-    # with the flank subtracted, not understood yet) and too much for one
-    # touching the wall at a point (test balls: +2 to +16 %); left as it is.
+    # with the flank subtracted, which loses the voxel layer on the base)
+    # and too much for one touching the wall at a point (test balls: +2 to
+    # +16 %); left as it is.
     # Only a nodule with an interior beyond the blur (an equivalent radius
     # of at least the plateau depth, the slice thickness and two pixels):
     # below that its partial-volume level reads low and the volume high,
