@@ -539,7 +539,13 @@ def segment_nodule(volume_hu, spacing_zyx, seed_zyx, *, lung_mask=None, nodule_t
         rolling-ball closing of the air around the nodule, which misses part
         of a large faint nodule on the wall (project phantom, a 10.8 mm
         ground-glass nodule on the wall: -60 % volume without, -1.5 % with
-        the mask of :func:`nodulegrowth.lung.lung_mask`).
+        the mask of :func:`nodulegrowth.lung.lung_mask`), and the side of a
+        ground-glass nodule against the wall; the latter is regained for
+        nodules of 5 mm and more by subtracting the wall's blurred flank
+        (step 11), but less well than with the mask (project phantom, 24
+        scans of ground-glass nodules of 7-22 mm on the wall: median error
+        -13.9 % without the mask before step 11, -5.3 % with it, -1.2 %
+        with the mask).
     nodule_type : {"solid", "part_solid", "ground_glass"}, optional
         Force the nodule type instead of detecting it.
 
@@ -1084,7 +1090,8 @@ def _wall_flank_excess(vol, sm, sp, wall, mask, P):
     blurred excess of the wall plus that of the nodule. The wall's excess is
     read from the wall itself, away from the nodule. With :math:`W` the
     median of the wall deeper than 3 mm, the wall's 50 % iso-surface
-    :math:`I_\sigma = (P + W) / 2` (marching cubes within ``wall``) is
+    :math:`I_\sigma = (P + W) / 2` (marching cubes within a voxel of
+    ``wall``) is
     fitted, within :math:`R = r_{eq} + 15` mm of the nodule's centre
     (:math:`r_{eq}` the equivalent radius of ``mask``) but more than 3 mm
     from ``mask`` (where the nodule's own excess bulges it), by a quadric

@@ -537,7 +537,7 @@ def test_ground_glass_nodule_on_the_chest_wall_is_measured_to_the_wall(spacing, 
     # contrast) the wall's blurred flank reaches about 1 mm into the lung
     # and was taken for wall, and the nodule's side within it with it (-4
     # to -11 %). With the wall's flank subtracted: -4.4 to -0.8 %.
-    inside, n = _oblique_wall(r)
+    inside, _ = _oblique_wall(r)
     img, c = render([(inside, 40.0), (ball(r), GGO)], spacing, size_mm=36.0, seed=1)
     seg = segment_nodule(img, spacing, c)
     assert (seg.location, seg.nodule_type) == ("juxtapleural", "ground_glass")
@@ -555,7 +555,7 @@ def test_wall_flank_excess_leaves_the_lung_level_beside_the_wall(spacing, psf_mm
     # of the nodule; unsubtracted it stands hundreds of HU above the lung
     # within a millimetre of the surface
     inside, n = _oblique_wall(2.0)
-    img, c = render([(inside, 40.0)], spacing, size_mm=36.0, psf_mm=psf_mm, seed=2)
+    img, _ = render([(inside, 40.0)], spacing, size_mm=36.0, psf_mm=psf_mm, seed=2)
     sh = img.shape
     z, y, x = np.meshgrid(*[(np.arange(sh[i]) - (sh[i] - 1) / 2) * spacing[i] for i in range(3)], indexing="ij")
     d = x * n[0] + y * n[1] - 2.0  # signed distance to the wall's surface (mm), positive inside the wall
