@@ -26,7 +26,10 @@ max 3-D diameter is :math:`2 \\max(a, b, c)`.
 
 Each pair is segmented as the pipeline does it: both scans on their own, then,
 when one is part-solid and the other not, the other again as part-solid
-(``nodulegrowth.cohort.harmonise_types``; column ``type_from_both``).
+(``nodulegrowth.cohort.harmonise_types``; column ``type_from_both``). The
+pipeline also passes a lung mask; here that is ``--lung-masks`` (the VOI but
+a juxtapleural scene's chest wall), off by default: the segmentation then
+finds the chest wall itself, which changes juxtapleural nodules only.
 
 Tables: by nodule type x size band x slice thickness, the median and 90th
 percentile of the absolute volume error (%), the mean absolute error of the
@@ -74,6 +77,9 @@ NOISE_HU = (10.0, 30.0)
 PSF_MM = (0.5, 0.7)
 #: ground-glass level range (HU) of ground-glass nodules and part-solid rims
 GG_HU = (-700.0, -520.0)
+#: segment with the scene's lung mask, as the pipeline does (``--lung-masks``);
+#: off by default, as every figure in docs/VALIDATION.md unless it says so
+LUNG_MASKS = False
 
 
 # --------------------------------------------------------------------------
@@ -222,11 +228,26 @@ def scan(scene, scale, thickness, rng):
                     psf_mm=rng.uniform(*PSF_MM), noise=rng.uniform(*NOISE_HU))
     # the radiologist's click: within 1 mm of the centre
     click = np.asarray(c) + rng.uniform(-1, 1, 3) / np.asarray(spacing) * np.array([0.0, 1.0, 1.0])
-    return img, spacing, tuple(click), o
+    lung = scene_lung_mask(scene, objs, img.shape, spacing, c) if LUNG_MASKS else None
+    return img, spacing, tuple(click), o, lung
 
 
-def measure_scan(img, spacing, click, nodule_type=None):
-    seg = segment_nodule(img, spacing, click, nodule_type=nodule_type)
+def scene_lung_mask(scene, objs, shape, spacing, centre):
+    """The scene's lung at the voxel centres (bool, shape (z, y, x)): all of the
+    VOI but the chest wall of a juxtapleural scene, whose edge is the wall's
+    surface, as a lung segmentation gives it. Draws no random numbers."""
+    sp = np.asarray(spacing, float)
+    n = np.asarray(shape)
+    offset = ((n - 1) / 2 - np.asarray(centre)) * sp
+    axes = [(np.arange(n[i]) - (n[i] - 1) / 2) * sp[i] + offset[i] for i in range(3)]
+    if scene["location"] != "juxtapleural":
+        return np.ones(shape, bool)
+    z, y, x = np.meshgrid(*axes, indexing="ij")
+    return ~objs[0][0](z, y, x)  # the wall is the first object of a juxtapleural scene
+
+
+def measure_scan(img, spacing, click, nodule_type=None, lung_mask=None):
+    seg = segment_nodule(img, spacing, click, lung_mask=lung_mask, nodule_type=nodule_type)
     m = measure_nodule(seg.mask, spacing, hu=img, solid_mask=seg.solid_mask)
     return seg, m
 
@@ -253,10 +274,11 @@ def accuracy(n_per_cell, rng, types, bands, thicknesses, locations):
                         scans = [scan(scene, scale, thk, rng) for scale in (1.0, ratio ** (1 / 3))]
                         try:
                             res, truth, redo = [], [], {}
-                            for when, (img, sp, click, o) in zip(("T1", "T2"), scans):
-                                res.append((*measure_scan(img, sp, click), None))
+                            for when, (img, sp, click, o, lung) in zip(("T1", "T2"), scans):
+                                res.append((*measure_scan(img, sp, click, lung_mask=lung), None))
                                 truth.append((o, *o.axial_axes()))
-                                redo[when] = (lambda t, a=(img, sp, click): (*measure_scan(*a, nodule_type=t), None))
+                                redo[when] = (lambda t, a=(img, sp, click), lung=lung:
+                                              (*measure_scan(*a, nodule_type=t, lung_mask=lung), None))
                             # one type for both time points, as the pipeline does
                             r1, r2, more = harmonise_types(res[0], res[1], redo)
                             row["type_from_both"] = bool(more)
@@ -327,9 +349,9 @@ def repeatability(n_nodules, n_repeats, rng, types, bands, thicknesses):
                         t = rng.uniform(0, 2 * math.pi)
                         rz = np.array([[math.cos(t), -math.sin(t), 0], [math.sin(t), math.cos(t), 0], [0, 0, 1]])
                         sc = dict(scene, outer=Ellipsoid(scene["outer"].axes, rz @ scene["outer"].rot))
-                        img, sp, click, o = scan(sc, 1.0, thk, rng)
+                        img, sp, click, o, lung = scan(sc, 1.0, thk, rng)
                         try:
-                            results.append(((img, sp, click), *measure_scan(img, sp, click)))
+                            results.append(((img, sp, click, lung), *measure_scan(img, sp, click, lung_mask=lung)))
                         except NoduleGrowthError:
                             pass
                     results = _one_type(results)
@@ -360,7 +382,7 @@ def _one_type(results):
         return results
     out = []
     for args, seg, m in results:
-        redo = {"T2": lambda t, a=args: (*measure_scan(*a, nodule_type=t), None)}
+        redo = {"T2": lambda t, a=args: (*measure_scan(*a[:3], nodule_type=t, lung_mask=a[3]), None)}
         try:
             _, (seg, m, _), _ = harmonise_types(ref, (seg, m, None), redo)
         except NoduleGrowthError:
@@ -467,7 +489,7 @@ def phantom_check(seeds, preset, nodules=None):
 
 
 def main(argv=None):
-    global INPLANE, NOISE_HU, PSF_MM, GG_HU
+    global INPLANE, NOISE_HU, PSF_MM, GG_HU, LUNG_MASKS
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=4, help="nodule pairs per (type, size, thickness, location) cell")
     ap.add_argument("--rep-nodules", type=int, default=4, help="nodules per repeatability cell")
@@ -484,6 +506,9 @@ def main(argv=None):
     ap.add_argument("--gg-hu", nargs=2, type=float, default=list(GG_HU), metavar=("LO", "HI"),
                     help="ground-glass level range (HU); denser than about -450 HU is a rim above "
                          "halfway from the lung to water")
+    ap.add_argument("--lung-masks", action="store_true",
+                    help="segment with the scene's lung mask (the VOI but a juxtapleural scene's chest wall), "
+                         "as the pipeline does; default without, as the figures of docs/VALIDATION.md")
     ap.add_argument("--csv", type=Path, help="write the raw per-case results here (prefix)")
     ap.add_argument("--write-model", action="store_true",
                     help="write the fitted model to nodulegrowth/params/uncertainty_model.csv")
@@ -504,6 +529,7 @@ def main(argv=None):
     if not (-1000.0 < args.gg_hu[0] <= args.gg_hu[1] < 0.0):
         sys.exit(f"--gg-hu {args.gg_hu}: need -1000 < LO <= HI < 0 HU")
     INPLANE, NOISE_HU, PSF_MM, GG_HU = args.inplane, tuple(args.noise), tuple(args.psf), tuple(args.gg_hu)
+    LUNG_MASKS = bool(args.lung_masks)
     if args.quick:
         args.n, args.rep_nodules, args.rep_repeats = 1, 1, 4
     rng = np.random.default_rng(args.seed)
