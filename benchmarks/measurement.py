@@ -236,12 +236,12 @@ def scene_lung_mask(scene, objs, shape, spacing, centre):
     """The scene's lung at the voxel centres (bool, shape (z, y, x)): all of the
     VOI but the chest wall of a juxtapleural scene, whose edge is the wall's
     surface, as a lung segmentation gives it. Draws no random numbers."""
+    if scene["location"] != "juxtapleural":
+        return np.ones(shape, bool)
     sp = np.asarray(spacing, float)
     n = np.asarray(shape)
     offset = ((n - 1) / 2 - np.asarray(centre)) * sp
     axes = [(np.arange(n[i]) - (n[i] - 1) / 2) * sp[i] + offset[i] for i in range(3)]
-    if scene["location"] != "juxtapleural":
-        return np.ones(shape, bool)
     z, y, x = np.meshgrid(*axes, indexing="ij")
     return ~objs[0][0](z, y, x)  # the wall is the first object of a juxtapleural scene
 

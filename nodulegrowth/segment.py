@@ -308,6 +308,11 @@ def _near_isotropic(sp) -> bool:
     return float(sp[0]) <= 2.0 * float(min(sp[1], sp[2]))
 
 
+def _equivalent_radius(mask: np.ndarray, sp) -> float:
+    r"""Radius (mm) of the ball of the mask's volume: :math:`(3 n v / 4\pi)^{1/3}`, ``v`` the voxel volume."""
+    return (3.0 * float(mask.sum()) * float(np.prod(sp)) / (4.0 * math.pi)) ** (1.0 / 3.0)
+
+
 def _wall_side(wall: np.ndarray, sp, inplane: float) -> np.ndarray:
     """The chest wall with its blurred flank: voxels within max(1.5 mm, 2 voxels) of ``wall``."""
     return wall | (_distance_to(wall, sp) <= max(1.5, 2.0 * inplane))  # the distance is inf when no wall
@@ -1062,9 +1067,8 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool, in_structu
     # without the wall (48 scans of 5-12 mm on the wall: median |error|
     # 3.6 -> 7.0 %)
     if location == "juxtapleural" and ntype == "ground_glass" and lung is None and not wall_subtracted \
-            and (3.0 * float(mask.sum()) * float(np.prod(sp)) / (4.0 * math.pi)) ** (1.0 / 3.0) \
-            >= max(_PLATEAU_DEPTH_MM, float(sp[0]), 2.0 * inplane):
-        again = _without_wall_flank(vol, sp, seed0, lung, ntype, mask, wall, P, leak,
+            and _equivalent_radius(mask, sp) >= max(_PLATEAU_DEPTH_MM, float(sp[0]), 2.0 * inplane):
+        again = _without_wall_flank(vol, sm, sp, seed0, ntype, mask, wall, P, leak,
                                     refine_seed=refine_seed, in_structure=in_structure,
                                     low_contrast="low_contrast_nodule" in flags)
         if again is not None:
@@ -1147,7 +1151,7 @@ def _wall_flank_excess(vol, sm, sp, wall, mask, P):
         return None
     d_mask = _distance_to(mask, spv)
     centre = np.asarray(ndimage.center_of_mass(mask)) * spv
-    reach = (3.0 * float(mask.sum()) * float(np.prod(spv)) / (4.0 * math.pi)) ** (1.0 / 3.0) + 15.0
+    reach = _equivalent_radius(mask, spv) + 15.0
     vi = np.clip(np.round(verts / spv).astype(int), 0, np.array(sm.shape) - 1)
     keep = (d_mask[tuple(vi.T)] > 3.0) & (np.sqrt(((verts - centre) ** 2).sum(axis=1)) <= reach)
     pts = verts[keep]
@@ -1202,7 +1206,7 @@ def _wall_flank_excess(vol, sm, sp, wall, mask, P):
     return out
 
 
-def _without_wall_flank(vol, sp, seed, lung, ntype, mask, wall, P, leak, *, refine_seed, in_structure,
+def _without_wall_flank(vol, sm, sp, seed, ntype, mask, wall, P, leak, *, refine_seed, in_structure,
                         low_contrast=False):
     """The segmentation of a faint nodule on the chest wall with the wall's blurred flank subtracted, or None.
 
@@ -1220,14 +1224,13 @@ def _without_wall_flank(vol, sp, seed, lung, ntype, mask, wall, P, leak, *, refi
     not flagged a leak when the first was not.
     """
     spv = np.asarray(sp, float)
-    sm = ndimage.gaussian_filter(vol, [0.5 if spv[0] <= 1.5 else 0.0, 0.5, 0.5], mode="nearest")
     excess = _wall_flank_excess(vol, sm, spv, wall, mask, P)
     if excess is None:
         return None
     corrected = vol - excess
     try:
         # the wall, now at the lung's level, is no longer found as wall
-        seg = _segment(corrected, spv, seed, lung, ntype, refine_seed=refine_seed, in_structure=in_structure,
+        seg = _segment(corrected, spv, seed, None, ntype, refine_seed=refine_seed, in_structure=in_structure,
                        wall_subtracted=True)
     except SegmentationError:
         return None
@@ -1669,7 +1672,7 @@ def _blurred_ball_level(sm, region, mask, p_loc, g_band, sp, deepest=None, smoot
     from scipy import optimize
 
     spv = np.asarray(sp, float)
-    r_eq = (3.0 * float(mask.sum()) * float(np.prod(spv)) / (4.0 * math.pi)) ** (1.0 / 3.0)
+    r_eq = _equivalent_radius(mask, spv)
     weight = np.where(mask, np.clip(sm - p_loc, 0.0, None), 0.0)
     if weight.sum() <= 0:
         return None
@@ -1888,7 +1891,7 @@ def _edge_asymmetry(sm, wall, mask, P, C, sp, *, others=None, inplane=None, d_ma
             opened = _opening(comp, r_open, sp)
             if opened[seed]:
                 comp = _component_at(opened, seed)
-        r[f] = (3.0 * float(comp.sum()) * float(np.prod(sp)) / (4.0 * math.pi)) ** (1.0 / 3.0)
+        r[f] = _equivalent_radius(comp, sp)
     inner = r[0.5] - r[0.85]
     if inner <= 0:
         return 0.0 if r[0.15] <= r[0.5] else math.inf
