@@ -1591,12 +1591,9 @@ def _pv_threshold(sm, mask, dense, wall, G, sp, inplane, *, two_tissue: bool, co
     # pieces cut by the opening) stays out, as in the regrowth below.
     other_dense = dense & ~mask & ~(comp & ndimage.binary_dilation(mask, _CONN6))
     others = ndimage.binary_dilation(other_dense | wall, _CONN6)
-    wide = region | _blur_reach(mask, sp, inplane, wall)
     region = (region & ~others) | mask
-    wide = (wide & ~others) | mask
     if exclude is not None:
         region &= ~exclude | mask
-        wide &= ~exclude | mask
     if two_tissue:
         g_in = float(G)
     else:
@@ -1655,6 +1652,7 @@ def _pv_threshold(sm, mask, dense, wall, G, sp, inplane, *, two_tissue: bool, co
         if not lucent and plateau.sum() > band.sum():
             band = plateau
         g_in = float(np.median(sm[mask][band]))
+    narrow = region
     region, p_loc, faint = _lung_ring_and_faint(sm, region, mask, others, dense, g_in, sp)
     if region is None or not g_in > p_loc:
         return None
@@ -1674,6 +1672,9 @@ def _pv_threshold(sm, mask, dense, wall, G, sp, inplane, *, two_tissue: bool, co
     fit_region, p_fit = region, p_loc
     widened = False
     if not _vessel_near(mask, (dense & ~ndimage.binary_dilation(mask, _CONN6)) | faint, wall, sp):
+        wide = ((narrow | _blur_reach(mask, sp, inplane, wall)) & ~others) | mask
+        if exclude is not None:
+            wide &= ~exclude | mask
         wide, p_wide, faint_wide = _lung_ring_and_faint(sm, wide, mask, others, dense, g_in, sp)
         if wide is not None and g_in > p_wide and not _vessel_near(mask, faint_wide, wall, sp):
             region, p_loc, widened = wide, p_wide, True

@@ -449,9 +449,10 @@ def test_vessel_near_ignores_noise_specks_and_the_wall():
     mask = (z - 15) ** 2 + (y - 14) ** 2 + (x - 14) ** 2 <= 9.0
     wall = x >= 20.0
     speck = np.zeros(shape, bool)
-    speck[15, 14, int(round(16.0 / 0.7))] = True  # 2 mm from the mask, one voxel
+    speck[15, int(round(18.5 / 0.7)), int(round(14.0 / 0.7))] = True  # one voxel, 1.2 mm off the mask
+    assert not mask[speck].any()
     flank = (x >= 19.0) & (x < 20.0) & (np.abs(z - 15) < 4)  # the wall's flank, joined to it
-    vessel = ((y - 14) ** 2 + (x - 18.5) ** 2 <= 0.8) & ~wall  # along z, 1.5 mm off the mask
+    vessel = ((y - 14) ** 2 + (x - 18.5) ** 2 <= 0.8) & ~wall  # along z, 0.6 mm off the mask
     assert not _vessel_near(mask, speck | flank, wall, sp)
     assert _vessel_near(mask, vessel | speck, wall, sp)
     assert not _vessel_near(mask, np.zeros(shape, bool), wall, sp)
