@@ -390,16 +390,20 @@ def test_small_solid_nodule_volume_is_not_biased_by_its_blurred_centre(r):
     assert abs(volume_mm3(seg.mask, sp) / (4 / 3 * math.pi * r ** 3) - 1) < 0.05
 
 
-def _ball_volume_errors(kind, sp, r, *, n_seeds, size_mm, noise, psf_mm):
-    """Relative volume errors of a ball of radius ``r`` (mm) over ``n_seeds`` noise draws and grid offsets."""
-    errs = []
+def _segment_draws(objects, sp, *, n_seeds, size_mm, noise, psf_mm, **kw):
+    """Segmentations of ``objects`` centred at the origin over ``n_seeds`` noise draws and grid offsets."""
+    segs = []
     for noise_seed in range(n_seeds):
         off = tuple(np.random.default_rng(noise_seed).uniform(-0.5, 0.5, 3) * np.asarray(sp))
-        img, c = render([(ball(r), kind)], sp, size_mm=size_mm, seed=noise_seed, noise=noise, offset=off,
-                        psf_mm=psf_mm)
-        seg = segment_nodule(img, sp, c)
-        errs.append(volume_mm3(seg.mask, sp) / (4 / 3 * math.pi * r ** 3) - 1)
-    return np.array(errs)
+        img, c = render(objects, sp, size_mm=size_mm, seed=noise_seed, noise=noise, offset=off, psf_mm=psf_mm)
+        segs.append(segment_nodule(img, sp, c, **kw))
+    return segs
+
+
+def _ball_volume_errors(kind, sp, r, *, n_seeds, size_mm, noise, psf_mm):
+    """Relative volume errors of a ball of radius ``r`` (mm) over ``n_seeds`` noise draws and grid offsets."""
+    segs = _segment_draws([(ball(r), kind)], sp, n_seeds=n_seeds, size_mm=size_mm, noise=noise, psf_mm=psf_mm)
+    return np.array([volume_mm3(seg.mask, sp) / (4 / 3 * math.pi * r ** 3) - 1 for seg in segs])
 
 
 @pytest.mark.parametrize("kind, tol", [(SOLID, 0.01), (GGO, 0.02)])
@@ -428,6 +432,51 @@ def test_small_nodule_level_is_fitted_whatever_its_density(kind, sp, r):
     # for both, summed to the blur's reach: -2.1 to +2.4 %.
     errs = _ball_volume_errors(kind, sp, r, n_seeds=4, size_mm=30.0, noise=15.0, psf_mm=0.6)
     assert abs(np.mean(errs)) < 0.04, np.round(100 * errs, 1)
+
+
+THIN_SPACINGS = [(1.0, 0.7, 0.7), (1.25, 0.6, 0.6), (0.8, 0.8, 0.8)]
+
+
+@pytest.mark.parametrize("sp", THIN_SPACINGS)
+@pytest.mark.parametrize("r, r_core", [(2.5, 1.2), (2.8, 1.3)])
+def test_small_part_solid_nodule_taken_for_solid_is_flagged(sp, r, r_core):
+    # A ground-glass ball of 5-5.6 mm round a solid core of 2.4-2.6 mm: the
+    # blur leaves no rim to see, and the nodule was typed solid and measured
+    # as its core (-25 to -40 %), unflagged. Its blurred-ball fit asks for
+    # more than twice the contrast its centre shows, or for a level below
+    # soft tissue: of these 24 draws 21 are flagged, 2 typed part-solid and
+    # 1 missed (1.25 mm slices, -28 %). Typing and measuring
+    # such a nodule is not solved (docs/VALIDATION.md); the flag sends it to
+    # a reader.
+    segs = _segment_draws([(ball(r), GGO), (ball(r_core), SOLID)], sp, n_seeds=4, size_mm=28.0, noise=20.0,
+                          psf_mm=0.65)
+    seen = [s.nodule_type == "part_solid" or "tissue_level_uncertain" in s.flags for s in segs]
+    assert sum(seen) >= 3, [(s.nodule_type, s.flags) for s in segs]
+
+
+@pytest.mark.parametrize("sp", THIN_SPACINGS)
+@pytest.mark.parametrize("kind", [SOLID, GGO])
+@pytest.mark.parametrize("r", [2.3, 3.0])
+def test_uniform_small_nodule_is_not_flagged_tissue_level_uncertain(sp, kind, r):
+    segs = _segment_draws([(ball(r), kind)], sp, n_seeds=2, size_mm=28.0, noise=20.0, psf_mm=0.65)
+    assert not any("tissue_level_uncertain" in s.flags for s in segs), [s.flags for s in segs]
+
+
+@pytest.mark.parametrize("sp", THIN_SPACINGS)
+def test_nodule_under_3_mm_is_flagged_tissue_level_uncertain(sp):
+    # a 2.6 mm solid ball under a 0.65 mm PSF: its centre keeps under half
+    # the contrast the fit needs; the level is then read at the deepest
+    # voxels and the volume comes out more than twice the truth
+    segs = _segment_draws([(ball(1.3), SOLID)], sp, n_seeds=2, size_mm=28.0, noise=20.0, psf_mm=0.65)
+    assert all("tissue_level_uncertain" in s.flags for s in segs), [s.flags for s in segs]
+
+
+def test_tissue_level_uncertain_is_not_raised_when_the_type_is_given():
+    # the caller chose the type (as the pipeline does when it segments a
+    # time point again as part-solid): the flag would only repeat it
+    segs = _segment_draws([(ball(2.8), GGO), (ball(1.3), SOLID)], (1.0, 0.7, 0.7), n_seeds=2, size_mm=28.0,
+                          noise=20.0, psf_mm=0.65, nodule_type="solid")
+    assert not any("tissue_level_uncertain" in s.flags for s in segs), [s.flags for s in segs]
 
 
 @pytest.mark.parametrize("r", [1.6, 2.0, 2.5])
