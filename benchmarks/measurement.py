@@ -35,7 +35,9 @@ Tables: by nodule type x size band x slice thickness, the median and 90th
 percentile of the absolute volume error (%), the mean absolute error of the
 long axis and mean diameter (mm), the growth-category agreement of each
 criterion with the truth (pairs T1/T2 with a random volume ratio), leak flags
-on attached nodules; and repeatability (same nodule, new noise, position and
+on attached nodules, where the ``tissue_level_uncertain`` flag falls, and the
+agreement the change errors of the cleanly segmented pairs alone would allow
+(``_noise_floor``); and repeatability (same nodule, new noise, position and
 rotation about z; the repeats typed jointly as the pipeline types T1 and T2,
 and drawn from a random stream of their own): coefficient of variation of the
 volume and mean diameter.
@@ -294,15 +296,18 @@ def accuracy(n_per_cell, rng, types, bands, thicknesses, locations):
                                 type_ok=s1.nodule_type == kind,
                                 loc_ok=s1.location == loc,
                                 leak_flag="segmentation_leak" in s1.flags,
+                                level_flag="tissue_level_uncertain" in s1.flags,
                                 vol_err2_pct=100 * (m2.volume_mm3 / v2 - 1),
                                 mean_err2=m2.mean_diameter_mm - (l2 + sh2) / 2,
                                 type_ok2=s2.nodule_type == kind,
                                 leak_flag2="segmentation_leak" in s2.flags,
+                                level_flag2="tissue_level_uncertain" in s2.flags,
                                 # errors of the change itself: what the growth rules read
                                 mean_change_err=(m2.mean_diameter_mm - m1.mean_diameter_mm)
                                 - ((l2 + sh2) / 2 - (l1 + sh1) / 2),
                                 vol_ratio_err_pct=100 * ((m2.volume_mm3 / m1.volume_mm3) / (v2 / v1) - 1),
                             )
+                            row.update(true_mean1=(l1 + sh1) / 2, true_mean2=(l2 + sh2) / 2, true_vol1=v1, true_vol2=v2)
                             row.update(_agreement(((l1 + sh1) / 2, (l2 + sh2) / 2, v1, v2), (m1, m2), interval))
                             row["failed"] = ""
                         except NoduleGrowthError as e:
@@ -320,6 +325,54 @@ def _silent(d: pd.DataFrame) -> int:
     if "leak_flag2" in d:
         n += int(((d["vol_err2_pct"] > 50) & ~d["leak_flag2"].eq(True)).sum())
     return n
+
+
+def _noise_floor(thin: pd.DataFrame) -> dict:
+    """Growth agreement (%) per criterion if every pair were measured with the change errors of a
+    cleanly segmented pair of its type and size band (typed right at T1 and T2, no flag).
+
+    For each pair, every clean pair ``j`` of the same type and size band (itself left out) lends
+    its errors of the change: the mean-diameter change error is added to the true T2 mean
+    diameter and the volume-ratio error applied to the true T2 volume; the agreement is the
+    mean over ``j`` and pairs. What the measurement's noise alone costs near the criteria's
+    thresholds, to set beside the agreement measured (gross errors: wrong type, leaks).
+    """
+    flagged = thin["leak_flag"].eq(True) | thin["leak_flag2"].eq(True)
+    if "level_flag" in thin:
+        flagged |= thin["level_flag"].eq(True) | thin["level_flag2"].eq(True)
+    clean = thin[thin["type_ok"].eq(True) & thin["type_ok2"].eq(True) & ~flagged]
+    hits = {k: [] for k in G.CRITERIA}
+    for i, r in thin.iterrows():
+        pool = clean[(clean["kind"] == r["kind"]) & (clean["band"] == r["band"]) & (clean.index != i)]
+        if pool.empty:
+            continue
+        truth = _categories(r["true_mean1"], r["true_mean2"], r["true_vol1"], r["true_vol2"], r["interval"])
+        agree = {k: 0 for k in G.CRITERIA}
+        for e_d, e_v in zip(pool["mean_change_err"], pool["vol_ratio_err_pct"]):
+            meas = _categories(r["true_mean1"], r["true_mean2"] + e_d, r["true_vol1"],
+                               r["true_vol2"] * (1 + e_v / 100), r["interval"])
+            for k in G.CRITERIA:
+                agree[k] += meas[k] == truth[k]
+        for k in G.CRITERIA:
+            hits[k].append(agree[k] / len(pool))
+    return {k: 100 * float(np.mean(v)) if v else float("nan") for k, v in hits.items()}
+
+
+def _level_flag_summary(thin: pd.DataFrame) -> str:
+    """Where the ``tissue_level_uncertain`` flag falls on the thin-slice scans (T1 and T2): on those
+    typed wrong, on those typed right, and how many scans measured more than 25 % off carry no flag."""
+    err = np.r_[thin["vol_err_pct"], thin["vol_err2_pct"]]
+    flag = np.r_[thin["level_flag"].eq(True), thin["level_flag2"].eq(True)]
+    leak = np.r_[thin["leak_flag"].eq(True), thin["leak_flag2"].eq(True)]
+    right = np.r_[thin["type_ok"].eq(True), thin["type_ok2"].eq(True)]
+    kind = np.r_[thin["kind"], thin["kind"]]
+    wrong = [f"{k} {int((flag & ~right & (kind == k)).sum())}/{int((~right & (kind == k)).sum())}"
+             for k in TYPES if (~right & (kind == k)).any()]
+    off = np.abs(err) > 25
+    return (f"tissue_level_uncertain, thin scans: typed wrong {int((flag & ~right).sum())} of {int((~right).sum())} "
+            f"flagged ({', '.join(wrong) or '-'}); typed right {int((flag & right).sum())} of {int(right.sum())} "
+            f"flagged ({int((flag & right & off).sum())} of them > 25 % off); > 25 % off with neither this nor a "
+            f"leak flag: {int((off & ~flag & ~leak).sum())}")
 
 
 def _agreement(true_d1_d2_v1_v2, measured, interval) -> dict:
@@ -542,7 +595,8 @@ def main(argv=None):
             sys.exit(f"--from-csv {args.from_csv}: no such file; pass the *_accuracy.csv an earlier run wrote")
         acc = pd.read_csv(args.from_csv, keep_default_na=False, na_values=[""])
         acc["failed"] = acc["failed"].fillna("")
-        for c in ("type_ok", "loc_ok", "leak_flag", "type_ok2", "leak_flag2") + tuple(f"agree_{k}" for k in G.CRITERIA):
+        for c in ("type_ok", "loc_ok", "leak_flag", "type_ok2", "leak_flag2", "level_flag", "level_flag2") \
+                + tuple(f"agree_{k}" for k in G.CRITERIA):
             if c in acc:  # runs before the T2 columns lack some
                 acc[c] = acc[c].astype(str) == "True"
         args.skip_repeatability = True
@@ -600,6 +654,13 @@ def main(argv=None):
                   f"(thin, >= 6 mm: {100 * big_thin[f'agree_{k}'].mean():.1f} %; thin, no leak flag at T1 "
                   f"or T2: {100 * unflagged[f'agree_{k}'].mean():.1f} % of {len(unflagged)})  "
                   f"all {100 * ok[f'agree_{k}'].mean():.1f} %")
+        if "level_flag" in thin:
+            print(_level_flag_summary(thin))
+        if "true_mean1" in thin:
+            floor = _noise_floor(thin)
+            print("growth agreement the noise of clean pairs allows (thin; each pair re-measured with the change "
+                  "errors of the clean pairs of its type and size band): "
+                  + ", ".join(f"{k} {v:.1f} %" for k, v in floor.items()))
         print(f"failed cases: {(acc['failed'] != '').sum()} of {len(acc)}")
         for f in acc.loc[acc["failed"] != "", "failed"].head(5):
             print("  ", f)

@@ -1,4 +1,4 @@
-"""Argument checks of the hand-run benchmark scripts (their figures are not tested here)."""
+"""Argument checks and summary helpers of the hand-run benchmark scripts (their figures are not tested here)."""
 from __future__ import annotations
 
 import importlib.util
@@ -28,3 +28,43 @@ def test_measurement_benchmark_rejects_bad_arguments_in_one_line(argv, match):
         bench.main(argv)
     # nothing of a bad invocation stays behind for the next run in the process
     assert (bench.INPLANE, bench.NOISE_HU, bench.PSF_MM) == (0.7, (10.0, 30.0), (0.5, 0.7))
+
+
+def _pairs(mean_change_errs, **cols):
+    """Thin-slice benchmark rows of one cell: an 8 -> 9.6 mm solid nodule doubling in 200 days."""
+    import pandas as pd
+
+    n = len(mean_change_errs)
+    base = dict(kind="solid", band="6-10", interval=200.0, true_mean1=8.0, true_mean2=9.6, true_vol1=100.0,
+                true_vol2=200.0, vol_ratio_err_pct=0.0, type_ok=True, type_ok2=True, leak_flag=False,
+                leak_flag2=False, level_flag=False, level_flag2=False)
+    base.update(cols)
+    return pd.DataFrame({**{k: [v] * n if not isinstance(v, list) else v for k, v in base.items()},
+                         "mean_change_err": list(mean_change_errs)})
+
+
+def test_noise_floor_lends_each_pair_the_change_errors_of_the_other_clean_pairs():
+    bench = _load("measurement")
+    # a true change of 1.6 mm grows under Lung-RADS (> 1.5 mm), not under
+    # Fleischner (>= 2 mm); an error of -0.2 mm turns the first. Pair 0's
+    # pool is pairs 1 and 2 (errors -0.2, 0): half right; pair 1's is 0, 0:
+    # right; pair 2's is 0, -0.2: half. The flagged pair 3 lends nothing
+    # (its error would turn every pair) but is scored: its pool, 0 / -0.2 / 0,
+    # is right two times in three.
+    d = _pairs([0.0, -0.2, 0.0, -0.5], leak_flag=[False, False, False, True])
+    floor = bench._noise_floor(d)
+    assert floor["lung_rads_2022"] == pytest.approx(100 * (0.5 + 1 + 0.5 + 2 / 3) / 4)
+    assert floor["fleischner_2017"] == pytest.approx(100.0)
+    # a volume-ratio error of -40 % takes the doubling below +25 %
+    d = _pairs([0.0, 0.0, 0.0], vol_ratio_err_pct=[0.0, -40.0, 0.0])
+    assert bench._noise_floor(d)["nelson"] == pytest.approx(100 * (0.5 + 1 + 0.5) / 3)
+
+
+def test_level_flag_summary_counts_scans_typed_wrong_and_right():
+    bench = _load("measurement")
+    d = _pairs([0.0, 0.0], type_ok=[False, True], level_flag=[True, True], vol_err_pct=[-40.0, 30.0],
+               vol_err2_pct=[-45.0, 1.0])
+    line = bench._level_flag_summary(d)
+    assert "typed wrong 1 of 1 flagged (solid 1/1)" in line
+    assert "typed right 1 of 3 flagged (1 of them > 25 % off)" in line
+    assert line.endswith("leak flag: 1")  # pair 0 at T2, -45 % and typed right
