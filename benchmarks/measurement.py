@@ -5,6 +5,7 @@ Run by hand::
 
     python benchmarks/measurement.py                 # default grid, prints tables
     python benchmarks/measurement.py --quick         # a few cases per cell
+    python benchmarks/measurement.py --jobs 2        # the same rows, segmented in two processes
     python benchmarks/measurement.py --write-model   # also refit nodulegrowth/params/uncertainty_model.csv
 
 Phantoms are rendered analytically here (no dependence on our own phantom
@@ -257,62 +258,89 @@ def measure_scan(img, spacing, click, nodule_type=None, lung_mask=None):
 # --------------------------------------------------------------------------
 # experiments
 # --------------------------------------------------------------------------
-def accuracy(n_per_cell, rng, types, bands, thicknesses, locations):
-    rows = []
-    for kind in types:
-        for lo, hi in bands:
-            for thk in thicknesses:
-                for loc in locations:
-                    for _ in range(n_per_cell):
-                        d = rng.uniform(lo, hi)
-                        scene = make_scene(rng, kind, loc, d)
-                        ratio = float(np.exp(rng.uniform(np.log(0.6), np.log(2.2))))
-                        interval = float(rng.integers(60, 400))
-                        row = dict(kind=kind, band=f"{lo:g}-{hi:g}", thickness=thk, location=loc,
-                                   diameter=d, ratio=ratio, interval=interval)
-                        # both scans are rendered before anything is segmented, so that
-                        # the random stream (and every later case) does not depend on
-                        # whether a segmentation fails: an A/B run compares the same cases
-                        scans = [scan(scene, scale, thk, rng) for scale in (1.0, ratio ** (1 / 3))]
-                        try:
-                            res, truth, redo = [], [], {}
-                            for when, (img, sp, click, o, lung) in zip(("T1", "T2"), scans):
-                                res.append((*measure_scan(img, sp, click, lung_mask=lung), None))
-                                truth.append((o, *o.axial_axes()))
-                                redo[when] = (lambda t, a=(img, sp, click), lung=lung:
-                                              (*measure_scan(*a, nodule_type=t, lung_mask=lung), None))
-                            # one type for both time points, as the pipeline does
-                            r1, r2, more = harmonise_types(res[0], res[1], redo)
-                            row["type_from_both"] = bool(more)
-                            (s1, m1, _), (s2, m2, _) = r1, r2
-                            (o1, l1, sh1), (o2, l2, sh2) = truth
-                            v1, v2 = o1.volume(), o2.volume()
-                            row.update(
-                                vol_err_pct=100 * (m1.volume_mm3 / v1 - 1),
-                                vol_pv_err_pct=100 * (m1.volume_pv_mm3 / v1 - 1),
-                                long_err=m1.long_axis_mm - l1,
-                                mean_err=m1.mean_diameter_mm - (l1 + sh1) / 2,
-                                max3d_err=m1.max_3d_diameter_mm - 2 * o1.axes.max(),
-                                type_ok=s1.nodule_type == kind,
-                                loc_ok=s1.location == loc,
-                                leak_flag="segmentation_leak" in s1.flags,
-                                level_flag="tissue_level_uncertain" in s1.flags,
-                                vol_err2_pct=100 * (m2.volume_mm3 / v2 - 1),
-                                mean_err2=m2.mean_diameter_mm - (l2 + sh2) / 2,
-                                type_ok2=s2.nodule_type == kind,
-                                leak_flag2="segmentation_leak" in s2.flags,
-                                level_flag2="tissue_level_uncertain" in s2.flags,
-                                # errors of the change itself: what the growth rules read
-                                mean_change_err=(m2.mean_diameter_mm - m1.mean_diameter_mm)
-                                - ((l2 + sh2) / 2 - (l1 + sh1) / 2),
-                                vol_ratio_err_pct=100 * ((m2.volume_mm3 / m1.volume_mm3) / (v2 / v1) - 1),
-                            )
-                            row.update(true_mean1=(l1 + sh1) / 2, true_mean2=(l2 + sh2) / 2, true_vol1=v1, true_vol2=v2)
-                            row.update(_agreement(((l1 + sh1) / 2, (l2 + sh2) / 2, v1, v2), (m1, m2), interval))
-                            row["failed"] = ""
-                        except NoduleGrowthError as e:
-                            row["failed"] = str(e)
-                        rows.append(row)
+def _measure_pair(row: dict, scans) -> dict:
+    """``row`` completed for one T1/T2 pair of rendered ``scans`` (see :func:`scan`): both segmented
+    and measured as the pipeline does it, errors against the analytic truth, growth agreement;
+    ``failed`` holds the error of a pair that could not be measured."""
+    row = dict(row)
+    kind, loc, interval = row["kind"], row["location"], row["interval"]
+    try:
+        res, truth, redo = [], [], {}
+        for when, (img, sp, click, o, lung) in zip(("T1", "T2"), scans):
+            res.append((*measure_scan(img, sp, click, lung_mask=lung), None))
+            truth.append((o, *o.axial_axes()))
+            redo[when] = (lambda t, a=(img, sp, click), lung=lung:
+                          (*measure_scan(*a, nodule_type=t, lung_mask=lung), None))
+        # one type for both time points, as the pipeline does
+        r1, r2, more = harmonise_types(res[0], res[1], redo)
+        row["type_from_both"] = bool(more)
+        (s1, m1, _), (s2, m2, _) = r1, r2
+        (o1, l1, sh1), (o2, l2, sh2) = truth
+        v1, v2 = o1.volume(), o2.volume()
+        row.update(
+            vol_err_pct=100 * (m1.volume_mm3 / v1 - 1),
+            vol_pv_err_pct=100 * (m1.volume_pv_mm3 / v1 - 1),
+            long_err=m1.long_axis_mm - l1,
+            mean_err=m1.mean_diameter_mm - (l1 + sh1) / 2,
+            max3d_err=m1.max_3d_diameter_mm - 2 * o1.axes.max(),
+            type_ok=s1.nodule_type == kind,
+            loc_ok=s1.location == loc,
+            leak_flag="segmentation_leak" in s1.flags,
+            level_flag="tissue_level_uncertain" in s1.flags,
+            vol_err2_pct=100 * (m2.volume_mm3 / v2 - 1),
+            mean_err2=m2.mean_diameter_mm - (l2 + sh2) / 2,
+            type_ok2=s2.nodule_type == kind,
+            leak_flag2="segmentation_leak" in s2.flags,
+            level_flag2="tissue_level_uncertain" in s2.flags,
+            # errors of the change itself: what the growth rules read
+            mean_change_err=(m2.mean_diameter_mm - m1.mean_diameter_mm)
+            - ((l2 + sh2) / 2 - (l1 + sh1) / 2),
+            vol_ratio_err_pct=100 * ((m2.volume_mm3 / m1.volume_mm3) / (v2 / v1) - 1),
+        )
+        row.update(true_mean1=(l1 + sh1) / 2, true_mean2=(l2 + sh2) / 2, true_vol1=v1, true_vol2=v2)
+        row.update(_agreement(((l1 + sh1) / 2, (l2 + sh2) / 2, v1, v2), (m1, m2), interval))
+        row["failed"] = ""
+    except NoduleGrowthError as e:
+        row["failed"] = str(e)
+    return row
+
+
+def accuracy(n_per_cell, rng, types, bands, thicknesses, locations, jobs: int = 1):
+    """One row per T1/T2 pair of every (type, size band, thickness, location) cell.
+
+    The pairs are drawn and rendered in this process, in order, from ``rng``; with ``jobs`` > 1
+    they are segmented in that many worker processes. The rows are the same either way.
+    """
+    def pairs():
+        for kind in types:
+            for lo, hi in bands:
+                for thk in thicknesses:
+                    for loc in locations:
+                        for _ in range(n_per_cell):
+                            d = rng.uniform(lo, hi)
+                            scene = make_scene(rng, kind, loc, d)
+                            ratio = float(np.exp(rng.uniform(np.log(0.6), np.log(2.2))))
+                            interval = float(rng.integers(60, 400))
+                            row = dict(kind=kind, band=f"{lo:g}-{hi:g}", thickness=thk, location=loc,
+                                       diameter=d, ratio=ratio, interval=interval)
+                            # both scans are rendered before anything is segmented, so that
+                            # the random stream (and every later case) does not depend on
+                            # whether a segmentation fails: an A/B run compares the same cases
+                            yield row, [scan(scene, scale, thk, rng) for scale in (1.0, ratio ** (1 / 3))]
+
+    if jobs <= 1:
+        return pd.DataFrame([_measure_pair(row, scans) for row, scans in pairs()])
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    rows, pending = [], deque()
+    with ProcessPoolExecutor(jobs) as ex:
+        for row, scans in pairs():
+            pending.append(ex.submit(_measure_pair, row, scans))
+            # a few pairs in flight: rendering keeps ahead of the workers, memory stays bounded
+            if len(pending) >= 2 * jobs:
+                rows.append(pending.popleft().result())
+        rows.extend(f.result() for f in pending)
     return pd.DataFrame(rows)
 
 
@@ -549,6 +577,8 @@ def main(argv=None):
     ap.add_argument("--rep-repeats", type=int, default=5, help="scans per nodule for repeatability")
     ap.add_argument("--quick", action="store_true", help="1 pair per cell, fewer repeats")
     ap.add_argument("--seed", type=int, default=20261125)
+    ap.add_argument("--jobs", type=int, default=1, help="worker processes segmenting the accuracy pairs "
+                    "(the pairs and their figures do not change with it)")
     ap.add_argument("--types", nargs="*", default=list(TYPES))
     ap.add_argument("--thickness", nargs="*", type=float, default=list(THICKNESSES))
     ap.add_argument("--inplane", type=float, default=INPLANE, help="in-plane pixel size (mm)")
@@ -579,6 +609,8 @@ def main(argv=None):
             or not (0 < args.psf[0] <= args.psf[1]):
         sys.exit(f"--inplane {args.inplane} / --noise {args.noise} / --psf {args.psf}: need 0.2 <= inplane <= 2 mm, "
                  "0 <= LO <= HI for the noise and 0 < LO <= HI for the PSF")
+    if args.jobs < 1:
+        sys.exit(f"--jobs {args.jobs}: need at least 1 worker process")
     if not (-1000.0 < args.gg_hu[0] <= args.gg_hu[1] < 0.0):
         sys.exit(f"--gg-hu {args.gg_hu}: need -1000 < LO <= HI < 0 HU")
     INPLANE, NOISE_HU, PSF_MM, GG_HU = args.inplane, tuple(args.noise), tuple(args.psf), tuple(args.gg_hu)
@@ -601,7 +633,7 @@ def main(argv=None):
                 acc[c] = acc[c].astype(str) == "True"
         args.skip_repeatability = True
     elif not args.skip_accuracy:
-        acc = accuracy(args.n, rng, args.types, SIZE_BANDS, args.thickness, LOCATIONS)
+        acc = accuracy(args.n, rng, args.types, SIZE_BANDS, args.thickness, LOCATIONS, jobs=args.jobs)
         if args.csv:
             acc.to_csv(f"{args.csv}_accuracy.csv", index=False)
     if args.from_csv or not args.skip_accuracy:

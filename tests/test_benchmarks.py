@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def _load(name):
     spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
+    # registered, so that worker processes can unpickle its functions
+    sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
     return mod
 
@@ -21,6 +24,7 @@ def _load(name):
     (["--noise", "30", "10"], "0 <= LO <= HI for the noise"),
     (["--psf", "0", "0.5"], "0 < LO <= HI for the PSF"),
     (["--from-csv", "no/such_accuracy.csv"], "no such file"),
+    (["--jobs", "0"], "--jobs 0: need at least 1"),
 ])
 def test_measurement_benchmark_rejects_bad_arguments_in_one_line(argv, match):
     bench = _load("measurement")
@@ -68,3 +72,14 @@ def test_level_flag_summary_counts_scans_typed_wrong_and_right():
     assert "typed wrong 1 of 1 flagged (solid 1/1)" in line
     assert "typed right 1 of 3 flagged (1 of them > 25 % off)" in line
     assert line.endswith("leak flag: 1")  # pair 0 at T2, -45 % and typed right
+
+
+def test_accuracy_rows_do_not_depend_on_the_number_of_worker_processes():
+    import numpy as np
+
+    bench = _load("measurement")
+    args = (1, ["solid"], [(6.0, 10.0)], [1.0], ["isolated", "juxtavascular"])
+    serial = bench.accuracy(args[0], np.random.default_rng(5), *args[1:])
+    parallel = bench.accuracy(args[0], np.random.default_rng(5), *args[1:], jobs=2)
+    assert len(serial) == 2 and (serial["failed"] == "").all()
+    assert serial.equals(parallel)
