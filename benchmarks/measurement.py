@@ -355,6 +355,12 @@ def _silent(d: pd.DataFrame) -> int:
     return n
 
 
+def _at_t1_or_t2(d: pd.DataFrame, col: str) -> pd.Series:
+    """Whether boolean column ``col`` (T1) or ``col + "2"`` (T2, when the run recorded it) is True."""
+    out = d[col].eq(True)
+    return out | d[col + "2"].eq(True) if col + "2" in d else out
+
+
 def _noise_floor(thin: pd.DataFrame) -> dict:
     """Growth agreement (%) per criterion if every pair were measured with the change errors of a
     cleanly segmented pair of its type and size band (typed right at T1 and T2, no flag).
@@ -365,9 +371,9 @@ def _noise_floor(thin: pd.DataFrame) -> dict:
     mean over ``j`` and pairs. What the measurement's noise alone costs near the criteria's
     thresholds, to set beside the agreement measured (gross errors: wrong type, leaks).
     """
-    flagged = thin["leak_flag"].eq(True) | thin["leak_flag2"].eq(True)
+    flagged = _at_t1_or_t2(thin, "leak_flag")
     if "level_flag" in thin:
-        flagged |= thin["level_flag"].eq(True) | thin["level_flag2"].eq(True)
+        flagged |= _at_t1_or_t2(thin, "level_flag")
     clean = thin[thin["type_ok"].eq(True) & thin["type_ok2"].eq(True) & ~flagged]
     hits = {k: [] for k in G.CRITERIA}
     for i, r in thin.iterrows():
@@ -677,10 +683,7 @@ def main(argv=None):
                       f"{100 * (sel['type_ok'] & sel['type_ok2']).mean():.1f} %")
         # the pairs a reader would not send back for review: neither scan flagged
         # as a leak (reported beside, not instead of, the agreement over all pairs)
-        flagged = thin["leak_flag"].eq(True)
-        if "leak_flag2" in thin:
-            flagged |= thin["leak_flag2"].eq(True)
-        unflagged = thin[~flagged]
+        unflagged = thin[~_at_t1_or_t2(thin, "leak_flag")]
         for k in G.CRITERIA:
             print(f"growth agreement {k:15s}: thin {100 * thin[f'agree_{k}'].mean():.1f} %  "
                   f"(thin, >= 6 mm: {100 * big_thin[f'agree_{k}'].mean():.1f} %; thin, no leak flag at T1 "

@@ -145,7 +145,7 @@ in the final mask), ``low_contrast_nodule`` (contrast below 5 noise SD),
 ``tissue_level_uncertain`` (a nodule typed here whose blurred-ball fit, step
 9, contradicts a uniform nodule of the mask's size: it needs at least twice
 the contrast the deepest voxels show -- a nodule under about 3 mm, whose
-volume may then read up to twice the truth, or a solid core in a
+volume may then read two to four times the truth, or a solid core in a
 ground-glass halo thinner than the blur -- or, typed solid, its fitted level
 is below three quarters of the way from the lung to water: a part-solid
 nodule of a few millimetres measured as its core).
@@ -947,7 +947,6 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool, in_structu
     # z, like the other vessel steps. The chest wall's blurred flank inside
     # the lung is no vessel: what touches it is left alone (solid nodules on
     # the wall, independent phantoms: -0.6 to -3.5 % volume when split off).
-    fit_notes: dict = {}
     vessel_zone = None
     if ntype == "solid" and near_isotropic:
         d_m = _distance_to(mask, sp)
@@ -961,6 +960,7 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool, in_structu
             vessel_zone = (_distance_to(attached, sp) < d_m) & ~mask
     # a nodule regrown round a denser core (step 7 or 7b) has two tissues
     # whatever its type: its core must not count more than once
+    fit_notes: dict = {}  # what the blurred-ball fit says of the nodule (flag below)
     t_pv = _pv_threshold(sm, mask, dense, wall, G, sp, inplane, two_tissue=ntype == "part_solid" or core is not None,
                          comp=comp, fit_ball=ntype in ("solid", "ground_glass"), fit_beside_vessels=ntype == "solid",
                          threshold=t, exclude=vessel_zone, notes=fit_notes)
@@ -1830,11 +1830,12 @@ def _blurred_ball_level(sm, region, mask, p_loc, g_band, sp, deepest=None, smoot
     except (ValueError, np.linalg.LinAlgError):
         return None
     level, radius, sigma = (float(x) for x in fit.x)
+    bound = g_band + 0.99 * contrast  # the fit's upper bound, twice the deepest voxels' contrast
     # the radial fit models an isotropic blur: a slice up to 1.5 mm, a box of
     # SD up to 0.43 mm along z, adds less than a CT's in-plane PSF (5 mm
     # slices: solid 5-7 mm benchmark nodules were flagged)
     if notes is not None and fit.success and float(spv[0]) <= 1.5:
-        notes["at_bound"] = level >= g_band + 0.99 * contrast
+        notes["at_bound"] = level >= bound
         notes["below_soft_tissue"] = level < p_loc + 0.75 * (0.0 - p_loc)
     # On coarse pixels the deepest voxels of a 4-5 mm nodule lie up to a
     # voxel from its centre, and the image's smoothing (half a voxel) blurs
@@ -1856,7 +1857,7 @@ def _blurred_ball_level(sm, region, mask, p_loc, g_band, sp, deepest=None, smoot
     # is no estimate: the fits of part-solid nodules typed as solid end
     # there on 1.5 mm pixels, where the grid's allowance would pass them
     ceiling = p_loc + 1.3 * contrast / max(keep, 0.5)
-    if not (fit.success and g_band <= level <= g_band + 0.99 * contrast and 0.2 <= sigma <= 2.0
+    if not (fit.success and g_band <= level <= bound and 0.2 <= sigma <= 2.0
             and r_eq / 1.5 <= radius <= 1.5 * r_eq):
         return None
     if level > ceiling:
