@@ -251,7 +251,7 @@ def scene_lung_mask(scene, objs, shape, spacing, centre):
 
 def measure_scan(img, spacing, click, nodule_type=None, lung_mask=None):
     seg = segment_nodule(img, spacing, click, lung_mask=lung_mask, nodule_type=nodule_type)
-    m = measure_nodule(seg.mask, spacing, hu=img, solid_mask=seg.solid_mask)
+    m = measure_nodule(seg.mask, spacing, hu=img, solid_mask=seg.solid_mask, threshold_hu=seg.threshold_hu)
     return seg, m
 
 
@@ -551,7 +551,7 @@ def phantom_check(seeds, preset, nodules=None):
                     def seg_measure(t=None, hu=hu, sp=sp, seed_zyx=seed_zyx, lung_voi=lung_voi, voi=voi):
                         seg = segment_nodule(hu, sp, seed_zyx, lung_mask=lung_voi, nodule_type=t)
                         m = measure_nodule(seg.mask, sp, origin_xyz=voi.GetOrigin(), direction=voi.GetDirection(),
-                                           hu=hu, solid_mask=seg.solid_mask)
+                                           hu=hu, solid_mask=seg.solid_mask, threshold_hu=seg.threshold_hu)
                         return seg, m, None
                     res.append(seg_measure())
                     redo[tp.upper()] = seg_measure

@@ -81,7 +81,7 @@ _IJK = ("i", "j", "k")
 
 #: Bumped whenever a change of the pipeline changes its numbers; part of the
 #: resume key, so results of an older pipeline are never reused.
-PIPELINE_VERSION = "18"
+PIPELINE_VERSION = "19"
 
 
 # --------------------------------------------------------------------------
@@ -635,7 +635,8 @@ def _segment_and_measure(image: Any, lung_mask: Any, point_xyz: Sequence[float],
         if "touches_roi_border" not in seg.flags:
             break
     m = measure.measure_nodule(seg.mask, spacing_zyx, origin_xyz=voi.GetOrigin(),
-                               direction=voi.GetDirection(), hu=hu, solid_mask=seg.solid_mask)
+                               direction=voi.GetDirection(), hu=hu, solid_mask=seg.solid_mask,
+                               threshold_hu=seg.threshold_hu)
     return seg, m, voi
 
 

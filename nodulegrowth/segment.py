@@ -1988,7 +1988,7 @@ def _elongated_like_vessel(mask, sp, hu, t, inplane, max_ratio=0.3):
     # extended in-plane by the voxels next to it above the threshold
     ext = mask | (ndimage.binary_dilation(mask, structure=np.ones((1, 3, 3), bool)) & (np.asarray(hu) >= t))
     try:
-        ax = axial_axes(ext, sp, hu=hu, threshold_hu=t)
+        ax = axial_axes(ext, sp, hu=hu, threshold_hu=t, contour="hu_threshold")
     except MeasurementError:  # e.g. an empty mask: nothing to flag, and a QC flag must not cost the segmentation
         return False
     return bool(ax.long_mm > 3.0 * inplane and ax.short_mm < max_ratio * ax.long_mm)
