@@ -27,23 +27,24 @@ smoothing causes on curved contours. It also rounds off sharp corners and
 tips a millimetre or so across (a spicule seen on a single thin slice is
 partly smoothed away).
 When the HU image and the segmentation threshold are given, the contours are
-instead those of the CT image itself, smoothed by the same Gaussian, at the one
-level whose iso-surface encloses the mask's volume (structures the
+instead those of the CT image itself, smoothed by the same Gaussian, at the
+one level whose iso-surface encloses the mask's volume (structures the
 segmentation cut off, a vessel or the chest wall, are first set to the
 parenchyma's level). The mask fixes the size, the grey values the shape: a
-thresholded mask's boundary voxels flip with the image noise, and on
-low-contrast (ground-glass) nodules that was most of the scatter of the
-mean diameter between two scans (benchmark drawn scans, SD of the
-mean-diameter change on the mask contour / on this one: isolated solid
-0.10 / 0.04 mm, isolated ground glass 0.14 / 0.09, isolated part-solid
-0.14 / 0.11, juxtapleural solid 0.13 / 0.09, juxtavascular solid 0.18 / 0.16,
-juxtavascular ground glass 0.17 / 0.13). Its mean error on those scans is
--0.10 to +0.05 mm (the mask contour's 0.00 to +0.14), and down to -0.24 mm
-on a 7 mm ellipsoid under 1.25 mm slices: with one level for the whole
-nodule, smoothing across slices rounds it along z and its widest section
-shrinks. ``contour="hu_threshold"`` keeps the
-unsmoothed iso-line at the threshold (sub-voxel on a noiseless image; as
-noisy as the mask's on a real one).
+thresholded mask's boundary voxels flip with the image noise, and that was
+much of the scatter of the mean diameter between two scans (scenes drawn
+from the benchmark's generator, SD of the mean-diameter change on the mask
+contour / on this one: isolated solid 0.10 / 0.04 mm, isolated ground glass
+0.14 / 0.09, isolated part-solid 0.14 / 0.11, juxtapleural solid 0.13 /
+0.09, juxtavascular solid 0.18 / 0.16, juxtavascular ground glass 0.17 /
+0.13; juxtapleural ground glass, 0.11 / 0.15, is the exception:
+docs/VALIDATION.md). Its mean error on those scans is -0.11 to +0.06 mm
+(the mask contour's 0.00 to +0.13), and -0.24 mm on an 8 x 6.4 x 7.2 mm
+ellipsoid under 1.25 mm slices (tests/test_measure.py): with one level for
+the whole nodule, smoothing across slices rounds it along z and its widest
+section shrinks. ``contour="hu_threshold"`` keeps the unsmoothed iso-line at
+the threshold (sub-voxel on a noiseless image; noisier than the mask's on a
+noisy one).
 
 References
 ----------
@@ -561,6 +562,16 @@ def axial_axes(mask, spacing_zyx, *, hu=None, threshold_hu: float | None = None,
     >>> ax = axial_axes(disc, (1.0, 0.5, 0.5))
     >>> bool(abs(ax.long_mm - 10.0) < 0.5), bool(abs(ax.short_mm - 10.0) < 0.5)
     (True, True)
+
+    A blurred ball of radius 5 mm in lung (-850 HU), segmented at the
+    midpoint and measured on the image's contour:
+
+    >>> from scipy import ndimage
+    >>> z, y, x = np.mgrid[-8:8, -16:16, -16:16] * np.array([1.0, 0.5, 0.5])[:, None, None, None]
+    >>> hu = ndimage.gaussian_filter(np.where(x**2 + y**2 + z**2 <= 25.0, 0.0, -850.0), (0, 1.2, 1.2))
+    >>> ax = axial_axes(hu >= -425, (1.0, 0.5, 0.5), hu=hu, threshold_hu=-425.0)
+    >>> bool(abs(ax.mean_mm - 10.0) < 0.25)
+    True
     """
     m = _check_mask(mask)
     sp = _check_spacing(spacing_zyx)
