@@ -30,21 +30,21 @@ When the HU image and the segmentation threshold are given, the contours are
 instead those of the CT image itself, smoothed by the same Gaussian, at the
 one level whose iso-surface encloses the mask's volume (structures the
 segmentation cut off, a vessel or the chest wall, are first set to the
-parenchyma's level). The mask fixes the size, the grey values the shape: a
-thresholded mask's boundary voxels flip with the image noise, and that was
-much of the scatter of the mean diameter between two scans (scenes drawn
-from the benchmark's generator, SD of the mean-diameter change on the mask
-contour / on this one: isolated solid 0.10 / 0.04 mm, isolated ground glass
-0.14 / 0.09, isolated part-solid 0.14 / 0.11, juxtapleural solid 0.13 /
-0.09, juxtavascular solid 0.18 / 0.16, juxtavascular ground glass 0.17 /
-0.13; juxtapleural ground glass, 0.11 / 0.15, is the exception:
-docs/VALIDATION.md). Its mean error on those scans is -0.11 to +0.06 mm
-(the mask contour's 0.00 to +0.13), and -0.24 mm on an 8 x 6.4 x 7.2 mm
-ellipsoid under 1.25 mm slices (tests/test_measure.py): with one level for
-the whole nodule, smoothing across slices rounds it along z and its widest
-section shrinks. ``contour="hu_threshold"`` keeps the unsmoothed iso-line at
-the threshold (sub-voxel on a noiseless image; noisier than the mask's on a
-noisy one).
+parenchyma's level, and the mask's brightest tenth clipped). The mask fixes
+the size, the grey values the shape: a thresholded mask's boundary voxels
+flip with the image noise, and that was much of the scatter of the mean
+diameter between two scans (scenes drawn from the benchmark's generator, SD
+of the mean-diameter change on the mask contour / on this one: isolated
+solid 0.10 / 0.04 mm, isolated ground glass 0.14 / 0.09, isolated
+part-solid 0.14 / 0.11, juxtapleural solid 0.13 / 0.09, juxtavascular solid
+0.18 / 0.16, juxtavascular ground glass 0.17 / 0.13, juxtapleural ground
+glass 0.11 / 0.11; docs/VALIDATION.md). Its mean error on those scans is
+-0.11 to +0.02 mm (the mask contour's 0.00 to +0.13), and -0.24 mm on an
+8 x 6.4 x 7.2 mm ellipsoid under 1.25 mm slices (tests/test_measure.py):
+with one level for the whole nodule, smoothing across slices rounds it
+along z and its widest section shrinks. ``contour="hu_threshold"`` keeps
+the unsmoothed iso-line at the threshold (sub-voxel on a noiseless image;
+noisier than the mask's on a noisy one).
 
 References
 ----------
@@ -171,6 +171,9 @@ _LEVEL_STEPS = 14
 # the one level is found to 2^-20 of the range between it and the field's peak.
 _HU_NEAR_VOXELS = 3
 _HU_LEVEL_STEPS = 20
+# ... and the mask's voxels are clipped at this percentile of their HU
+# (docs/VALIDATION.md, "Axes on the image's contour": ground glass on the wall)
+_HU_CLIP_PERCENTILE = 90.0
 _CONN6 = ndimage.generate_binary_structure(3, 1)
 
 
@@ -284,9 +287,11 @@ def _hu_slice_contours(m: np.ndarray, sp: np.ndarray, hu: np.ndarray, threshold:
         return None
     p_level = float(np.median(hc[shell]))
     # what the segmentation left out above the threshold (a vessel, the chest
-    # wall) and everything beyond a few voxels reads as parenchyma, so that
-    # smoothing cannot carry it into the nodule's edge
-    f = np.where(mc | (near & (hc < threshold)), hc, p_level)
+    # wall) and everything beyond a few voxels reads as parenchyma, and the
+    # mask's brightest tenth (a wall's or vessel's blurred flank the mask took
+    # in) is clipped, so that smoothing carries neither past the mask's edge
+    top = float(np.percentile(hc[mc], _HU_CLIP_PERCENTILE))
+    f = np.where(mc, np.minimum(hc, top), np.where(near & (hc < threshold), hc, p_level))
     # a mask near the array's edge: the missing margin is parenchyma too
     extra = [(int(e0), int(e1)) for e0, e1 in zip(np.maximum(pad - (start - lo_idx), 0),
                                                   np.maximum(pad - (hi_idx - stop), 0))]
@@ -486,8 +491,11 @@ def axial_axes(mask, spacing_zyx, *, hu=None, threshold_hu: float | None = None,
     where :math:`I'` is the image with the voxels outside the mask that are
     above the threshold (what the segmentation cut off) or more than three
     voxels from it set to the parenchyma level :math:`P` (median of the
-    voxels below the threshold within three voxels of the mask). When there
-    is no such parenchyma (fewer than 8 voxels), the mask's contour is used.
+    voxels below the threshold within three voxels of the mask), and the
+    mask's voxels clipped at the 90th percentile of their HU (a blurred flank
+    of the chest wall that the mask took in must not be smoothed past its
+    edge). When there is no such parenchyma (fewer than 8 voxels), the
+    mask's contour is used.
     ``contour="hu_threshold"``: the iso-line of ``hu`` at ``threshold_hu``
     within one voxel of the mask (where a voxel next to the mask is above the
     threshold, a structure the segmentation cut off, the line runs halfway
