@@ -174,7 +174,6 @@ _HU_LEVEL_STEPS = 20
 # ... and the mask's voxels are clipped at this percentile of their HU
 # (docs/VALIDATION.md, "Axes on the image's contour": ground glass on the wall)
 _HU_CLIP_PERCENTILE = 90.0
-_CONN6 = ndimage.generate_binary_structure(3, 1)
 
 
 def _smoothed(m: np.ndarray) -> np.ndarray:
@@ -186,15 +185,33 @@ def _smoothed(m: np.ndarray) -> np.ndarray:
     return f
 
 
+def _contour_sigma(sp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The contours' Gaussian (voxels, z y x) for spacing ``sp`` and the pad
+    (voxels per side) that keeps its 3-SD reach inside the field."""
+    sig = np.array([_SMOOTH_SIGMA_Z_MM / sp[0],
+                    max(_SMOOTH_SIGMA_VOX, _SMOOTH_SIGMA_XY_MM / sp[1]),
+                    max(_SMOOTH_SIGMA_VOX, _SMOOTH_SIGMA_XY_MM / sp[2])])
+    return sig, np.ceil(3.0 * sig).astype(int) + 1
+
+
+def _bisect_level(area_at, lo: float, hi: float, target: float, steps: int) -> float:
+    """The level in [lo, hi] at which ``area_at(level)``, decreasing in the
+    level, crosses ``target`` (bisection, ``steps`` halvings)."""
+    for _ in range(steps):
+        mid = 0.5 * (lo + hi)
+        if area_at(mid) > target:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
 def _smoothed_field(m: np.ndarray, sp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """3-D smoothed occupancy of a binary mask, padded so that nothing is cut off.
 
     Returns the field and the pad (voxels per axis) added on each side.
     """
-    sig = np.array([_SMOOTH_SIGMA_Z_MM / sp[0],
-                    max(_SMOOTH_SIGMA_VOX, _SMOOTH_SIGMA_XY_MM / sp[1]),
-                    max(_SMOOTH_SIGMA_VOX, _SMOOTH_SIGMA_XY_MM / sp[2])])
-    pad = np.ceil(3.0 * sig).astype(int) + 1
+    sig, pad = _contour_sigma(sp)
     f = np.pad(m.astype(float), [(int(q), int(q)) for q in pad])
     return ndimage.gaussian_filter(f, sig, mode="constant", truncate=3.0), pad
 
@@ -211,16 +228,12 @@ def _enclosed_area(contours: list[np.ndarray]) -> float:
 
 def _area_preserving_contours(f2: np.ndarray, target_px: float) -> list[np.ndarray]:
     """Iso-contours (pixel units) of ``f2`` at the level that encloses ``target_px`` pixels."""
-    lo, hi = 0.0, float(f2.max())
+    hi = float(f2.max())
     if hi <= 0.0:
         return []
-    for _ in range(_LEVEL_STEPS):
-        mid = 0.5 * (lo + hi)
-        if _enclosed_area(skmeasure.find_contours(f2, mid)) > target_px:
-            lo = mid
-        else:
-            hi = mid
-    return [c for c in skmeasure.find_contours(f2, 0.5 * (lo + hi)) if len(c) >= 2]
+    level = _bisect_level(lambda v: _enclosed_area(skmeasure.find_contours(f2, v)), 0.0, hi, target_px,
+                          _LEVEL_STEPS)
+    return [c for c in skmeasure.find_contours(f2, level) if len(c) >= 2]
 
 
 # --------------------------------------------------------------------------
@@ -270,10 +283,7 @@ def _hu_slice_contours(m: np.ndarray, sp: np.ndarray, hu: np.ndarray, threshold:
     image at the one level whose iso-surface encloses the mask's volume
     (:func:`axial_axes`, ``contour="hu"``); None when the mask has no
     parenchyma around it to set that level against."""
-    sig = np.array([_SMOOTH_SIGMA_Z_MM / sp[0],
-                    max(_SMOOTH_SIGMA_VOX, _SMOOTH_SIGMA_XY_MM / sp[1]),
-                    max(_SMOOTH_SIGMA_VOX, _SMOOTH_SIGMA_XY_MM / sp[2])])
-    pad = np.ceil(3.0 * sig).astype(int) + 1
+    sig, pad = _contour_sigma(sp)
     box = ndimage.find_objects(m.astype(np.uint8))[0]
     start = np.array([b.start for b in box])
     stop = np.array([b.stop for b in box])
@@ -281,8 +291,8 @@ def _hu_slice_contours(m: np.ndarray, sp: np.ndarray, hu: np.ndarray, threshold:
     hi_idx = np.minimum(stop + pad, m.shape)
     crop = tuple(slice(int(a), int(b)) for a, b in zip(lo_idx, hi_idx))
     mc, hc = m[crop], np.asarray(hu, dtype=float)[crop]
-    near = ndimage.binary_dilation(mc, _CONN6, iterations=_HU_NEAR_VOXELS)
-    shell = near & ~ndimage.binary_dilation(mc, _CONN6) & (hc < threshold)
+    near = ndimage.binary_dilation(mc, iterations=_HU_NEAR_VOXELS)  # face-connected steps
+    shell = near & ~ndimage.binary_dilation(mc) & (hc < threshold)
     if int(shell.sum()) < 8:
         return None
     p_level = float(np.median(hc[shell]))
@@ -298,19 +308,14 @@ def _hu_slice_contours(m: np.ndarray, sp: np.ndarray, hu: np.ndarray, threshold:
     f = np.pad(f, extra, constant_values=p_level)
     mp = np.pad(mc, extra)
     f = ndimage.gaussian_filter(f, sig, mode="nearest", truncate=3.0)
-    f = np.where(ndimage.binary_dilation(mp, _CONN6, iterations=2), f, p_level)
+    f = np.where(ndimage.binary_dilation(mp, iterations=2), f, p_level)
     ks = np.flatnonzero(mp.any(axis=(1, 2)))
     target = float(mp.sum())
     lo, hi = p_level, float(f[ks].max())
     if not hi > lo:
         return None
-    for _ in range(_HU_LEVEL_STEPS):
-        mid = 0.5 * (lo + hi)
-        if sum(_enclosed_area(skmeasure.find_contours(f[k], mid)) for k in ks) > target:
-            lo = mid
-        else:
-            hi = mid
-    level = 0.5 * (lo + hi)
+    level = _bisect_level(lambda v: sum(_enclosed_area(skmeasure.find_contours(f[k], v)) for k in ks),
+                          lo, hi, target, _HU_LEVEL_STEPS)
     origin = lo_idx - np.array([e[0] for e in extra])  # index in ``m`` of the field's voxel 0
     out = []
     for k in ks:
