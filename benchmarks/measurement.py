@@ -27,7 +27,10 @@ max 3-D diameter is :math:`2 \\max(a, b, c)`.
 
 Each pair is segmented as the pipeline does it: both scans on their own, then,
 when one is part-solid and the other not, the other again as part-solid
-(``nodulegrowth.cohort.harmonise_types``; column ``type_from_both``). The
+(``nodulegrowth.cohort.harmonise_types``; column ``type_from_both``), then
+the smaller one again at the larger one's tissue level
+(``nodulegrowth.cohort.share_tissue_level``; column ``level_changed`` when
+the levels differ too much for that). The
 pipeline also passes a lung mask; here that is ``--lung-masks`` (the VOI but
 a juxtapleural scene's chest wall), off by default: the segmentation then
 finds the chest wall itself, which changes juxtapleural nodules only.
@@ -65,7 +68,7 @@ sys.path.insert(0, str(ROOT))
 from nodulegrowth import growth as G  # noqa: E402
 from nodulegrowth.errors import NoduleGrowthError  # noqa: E402
 from nodulegrowth.measure import measure_nodule  # noqa: E402
-from nodulegrowth.cohort import harmonise_types  # noqa: E402
+from nodulegrowth.cohort import harmonise_types, share_tissue_level  # noqa: E402
 from nodulegrowth.segment import segment_nodule  # noqa: E402
 
 TYPES = ("solid", "part_solid", "ground_glass")
@@ -249,8 +252,8 @@ def scene_lung_mask(scene, objs, shape, spacing, centre):
     return ~objs[0][0](z, y, x)  # the wall is the first object of a juxtapleural scene
 
 
-def measure_scan(img, spacing, click, nodule_type=None, lung_mask=None):
-    seg = segment_nodule(img, spacing, click, lung_mask=lung_mask, nodule_type=nodule_type)
+def measure_scan(img, spacing, click, nodule_type=None, lung_mask=None, tissue_hu=None):
+    seg = segment_nodule(img, spacing, click, lung_mask=lung_mask, nodule_type=nodule_type, tissue_hu=tissue_hu)
     m = measure_nodule(seg.mask, spacing, hu=img, solid_mask=seg.solid_mask, threshold_hu=seg.threshold_hu)
     return seg, m
 
@@ -269,11 +272,13 @@ def _measure_pair(row: dict, scans) -> dict:
         for when, (img, sp, click, o, lung) in zip(("T1", "T2"), scans):
             res.append((*measure_scan(img, sp, click, lung_mask=lung), None))
             truth.append((o, *o.axial_axes()))
-            redo[when] = (lambda t, a=(img, sp, click), lung=lung:
-                          (*measure_scan(*a, nodule_type=t, lung_mask=lung), None))
-        # one type for both time points, as the pipeline does
+            redo[when] = (lambda t, level=None, a=(img, sp, click), lung=lung:
+                          (*measure_scan(*a, nodule_type=t, lung_mask=lung, tissue_hu=level), None))
+        # one type and one tissue level for both time points, as the pipeline does
         r1, r2, more = harmonise_types(res[0], res[1], redo)
         row["type_from_both"] = bool(more)
+        r1, r2, more = share_tissue_level(r1, r2, redo)
+        row["level_changed"] = "tissue_level_changed" in more
         (s1, m1, _), (s2, m2, _) = r1, r2
         (o1, l1, sh1), (o2, l2, sh2) = truth
         v1, v2 = o1.volume(), o2.volume()
@@ -523,7 +528,8 @@ def phantom_check(seeds, preset, nodules=None):
     computed by that module): the VOI is cropped around the true centre at T1
     and T2, as the pipeline does around the propagated point, segmented with
     the lung mask of the whole scan and given one type for both time points
-    (``harmonise_types``), as the pipeline does.
+    (``harmonise_types``) and one tissue level (``share_tissue_level``), as
+    the pipeline does.
     """
     import SimpleITK as sitk
 
@@ -548,16 +554,18 @@ def phantom_check(seeds, preset, nodules=None):
                     lung_voi = sitk.GetArrayFromImage(
                         sitk.Resample(masks[tp], voi, sitk.Transform(), sitk.sitkNearestNeighbor, 0)).astype(bool)
 
-                    def seg_measure(t=None, hu=hu, sp=sp, seed_zyx=seed_zyx, lung_voi=lung_voi, voi=voi):
-                        seg = segment_nodule(hu, sp, seed_zyx, lung_mask=lung_voi, nodule_type=t)
+                    def seg_measure(t=None, level=None, hu=hu, sp=sp, seed_zyx=seed_zyx, lung_voi=lung_voi, voi=voi):
+                        seg = segment_nodule(hu, sp, seed_zyx, lung_mask=lung_voi, nodule_type=t, tissue_hu=level)
                         m = measure_nodule(seg.mask, sp, origin_xyz=voi.GetOrigin(), direction=voi.GetDirection(),
                                            hu=hu, solid_mask=seg.solid_mask, threshold_hu=seg.threshold_hu)
                         return seg, m, None
                     res.append(seg_measure())
                     redo[tp.upper()] = seg_measure
-                # one type for both time points, as the pipeline does
+                # one type and one tissue level for both time points, as the pipeline does
                 r1, r2, more = harmonise_types(res[0], res[1], redo)
                 row["type_from_both"] = bool(more)
+                r1, r2, more = share_tissue_level(r1, r2, redo)
+                row["level_changed"] = "tissue_level_changed" in more
                 for tp, (seg, m, _) in (("t1", r1), ("t2", r2)):
                     c = (r[f"{tp}_x"], r[f"{tp}_y"], r[f"{tp}_z"])
                     ms.append(m)

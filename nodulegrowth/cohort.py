@@ -81,7 +81,7 @@ _IJK = ("i", "j", "k")
 
 #: Bumped whenever a change of the pipeline changes its numbers; part of the
 #: resume key, so results of an older pipeline are never reused.
-PIPELINE_VERSION = "20"
+PIPELINE_VERSION = "21"
 
 
 # --------------------------------------------------------------------------
@@ -410,7 +410,10 @@ def process_pair(task: PairTask, config: PipelineConfig, out_dir: str | os.PathL
     measures it, assesses growth and renders the check image. When one time
     point is part-solid and the other is not, the other is segmented as
     part-solid as well (:func:`nodulegrowth.segment.joint_nodule_type`; flag
-    ``nodule_type_from_both_time_points``) unless that leaks.
+    ``nodule_type_from_both_time_points``) unless that leaks; then the smaller
+    of the two is segmented again at the larger one's tissue level
+    (:func:`share_tissue_level`; flag ``tissue_level_changed`` when the two
+    levels differ by more than half the contrast and each keeps its own).
 
     Never raises for bad data: an error of the pair fails all its rows, an
     error of one nodule fails that row only; each failed row carries a
@@ -488,9 +491,10 @@ def _process_nodule(row: ManifestRow, t1: Any, t2: Any, mask1: Any, mask2: Any, 
     elif row.t2_index is not None:
         ref2 = np.asarray(io.native_index_to_world(t2.info, row.t2_index), float)
 
-    def segment_t1(nodule_type=None):
+    def segment_t1(nodule_type=None, tissue_hu=None):
         return _segment_and_measure(t1.image, mask1, p1, config, row, "T1",
-                                    expected_diameter_mm=row.t1_diameter_mm, nodule_type=nodule_type)
+                                    expected_diameter_mm=row.t1_diameter_mm, nodule_type=nodule_type,
+                                    tissue_hu=tissue_hu)
 
     seg1, m1, voi1 = segment_t1()
     prop = propagate.propagate_point(reg, t1.image, t2.image, m1.center_xyz)
@@ -509,15 +513,17 @@ def _process_nodule(row: ManifestRow, t1: Any, t2: Any, mask1: Any, mask2: Any, 
         # sized from the T1 volume, as reidentify sized its own segmentation
         d1 = 2.0 * (3.0 * m1.volume_mm3 / (4.0 * math.pi)) ** (1.0 / 3.0)
 
-        def segment_t2(nodule_type=None):
+        def segment_t2(nodule_type=None, tissue_hu=None):
             return _segment_and_measure(t2.image, mask2, tuple(reid.seed_xyz), config, row, "T2",
-                                        expected_diameter_mm=d1, nodule_type=nodule_type)
+                                        expected_diameter_mm=d1, nodule_type=nodule_type, tissue_hu=tissue_hu)
 
         seg2, m2, voi2 = segment_t2()
-        (seg1, m1, voi1), (seg2, m2, voi2), more = harmonise_types(
-            (seg1, m1, voi1), (seg2, m2, voi2), {"T1": segment_t1, "T2": segment_t2})
+        redo = {"T1": segment_t1, "T2": segment_t2}
+        (seg1, m1, voi1), (seg2, m2, voi2), more = harmonise_types((seg1, m1, voi1), (seg2, m2, voi2), redo)
         if "nodule_type_from_both_time_points" in more:
             flags.append("nodule_type_from_both_time_points")
+        (seg1, m1, voi1), (seg2, m2, voi2), more = share_tissue_level((seg1, m1, voi1), (seg2, m2, voi2), redo)
+        flags += [f for f in more if f not in flags]
     # the flags of the segmentations finally used (not of one replaced above)
     flags += [f for f in seg1.flags if f not in flags]
     if seg2 is not None:
@@ -605,15 +611,96 @@ def harmonise_types(result1, result2, redo):
     return (alt, result2, flags) if which == "T1" else (result1, alt, flags)
 
 
+#: Largest difference between the tissue levels read at T1 and T2, as a
+#: fraction of the nodule's contrast, that :func:`share_tissue_level` takes
+#: for one tissue read twice.
+TISSUE_LEVEL_TOLERANCE = 0.5
+
+
+def share_tissue_level(result1, result2, redo, tolerance: float = TISSUE_LEVEL_TOLERANCE):
+    r"""Measure both time points of a nodule at one tissue level.
+
+    The partial-volume step of the segmentation (step 9 of
+    :mod:`nodulegrowth.segment`) sizes each mask so that its volume is
+
+    .. math:: V = v \sum_i \frac{I_i - P}{G - P}
+
+    with :math:`G` the nodule's tissue level read on the scan. Read
+    separately at T1 and T2, :math:`G` varies with the noise and, for a
+    small nodule, with how far blur reaches into its centre; the volume
+    ratio :math:`V_2 / V_1` then carries both errors. When the two levels
+    agree within ``tolerance`` of the contrast, one tissue is assumed (as
+    the type harmonisation before this assumes one type) and the smaller
+    nodule is segmented again with the larger one's level, read deeper
+    inside it and farther from the blur. The ratio is then that of the
+    integrated excess attenuation, :math:`\sum (I - P)`, which no level
+    and no blur changes.
+
+    A nodule whose attenuation really changed by less than ``tolerance``
+    of its contrast (a ground-glass nodule turning denser) is so measured
+    at its denser level at both time points, and its growth in mass reads
+    as growth in volume (an argument for mass, de Hoop et al. [1]_). A
+    larger difference is left alone and flagged ``tissue_level_changed``.
+
+    Parameters
+    ----------
+    result1, result2 : tuple
+        ``(Segmentation, NoduleMeasurement, voi)`` at T1 and T2, of one type
+        (after :func:`harmonise_types`).
+    redo : mapping
+        ``{"T1": f, "T2": f}``, ``f(nodule_type, tissue_hu)`` segmenting
+        and measuring that time point again with the type and tissue level
+        (HU) forced.
+    tolerance : float
+        Largest :math:`|G_1 - G_2|` taken for one tissue, as a fraction of
+        the mean contrast :math:`((G_1 - P_1) + (G_2 - P_2)) / 2`.
+
+    Returns
+    -------
+    tuple
+        ``(result1, result2, flags)``: the results to use (one of them
+        redone) and the flags to add (``tissue_level_changed``), or the
+        inputs and no flags when the types differ, a level is missing, the
+        redone segmentation leaks where the first did not, or the levels
+        are equal.
+
+    References
+    ----------
+    .. [1] de Hoop B, Gietema H, van de Vorst S, et al. Pulmonary ground-glass
+       nodules: increase in mass as an early indicator of growth. Radiology
+       2010;255(1):199-206.
+    """
+    s1, s2 = result1[0], result2[0]
+    g1, g2 = float(getattr(s1, "tissue_hu", math.nan)), float(getattr(s2, "tissue_hu", math.nan))
+    if s1.nodule_type != s2.nodule_type or not (math.isfinite(g1) and math.isfinite(g2)) or g1 == g2:
+        return result1, result2, []
+    contrast = 0.5 * ((g1 - s1.parenchyma_hu) + (g2 - s2.parenchyma_hu))
+    if not (math.isfinite(contrast) and contrast > 0) or abs(g1 - g2) > tolerance * contrast:
+        return result1, result2, ["tissue_level_changed"]
+    # the larger nodule's level: read deeper, less lowered by blur
+    t2_larger = result2[1].volume_mm3 > result1[1].volume_mm3
+    which, level, first = ("T1", g2, s1) if t2_larger else ("T2", g1, s2)
+    alt = redo[which](first.nodule_type, level)
+    if "segmentation_leak" in alt[0].flags and "segmentation_leak" not in first.flags:
+        return result1, result2, []
+    # a forced type raises no tissue_level_uncertain (see segment_nodule):
+    # the first segmentation's doubt about its own level stays on record
+    kept = tuple(f for f in first.flags if f == "tissue_level_uncertain" and f not in alt[0].flags)
+    if kept:
+        alt = (dataclasses.replace(alt[0], flags=alt[0].flags + kept), *alt[1:])
+    return (alt, result2, []) if which == "T1" else (result1, alt, [])
+
+
 def _segment_and_measure(image: Any, lung_mask: Any, point_xyz: Sequence[float],
                          config: PipelineConfig, row: ManifestRow, when: str,
-                         expected_diameter_mm: float | None = None, nodule_type: str | None = None):
+                         expected_diameter_mm: float | None = None, nodule_type: str | None = None,
+                         tissue_hu: float | None = None):
     """Crop a VOI around ``point_xyz`` (LPS mm), segment and measure the nodule.
 
     The VOI is sized for the expected diameter (:func:`segment.voi_half_size_mm`,
     at most ``config.voi_half_size_mm``) and enlarged to that maximum when the
-    mask reaches its border. ``nodule_type`` forces the type (see
-    :func:`nodulegrowth.segment.segment_nodule`).
+    mask reaches its border. ``nodule_type`` forces the type and ``tissue_hu``
+    (HU) the tissue level (see :func:`nodulegrowth.segment.segment_nodule`).
     """
     import numpy as np
     import SimpleITK as sitk
@@ -631,7 +718,7 @@ def _segment_and_measure(image: Any, lung_mask: Any, point_xyz: Sequence[float],
         seed_zyx = tuple(float(v) for v in np.asarray(seed_ijk)[::-1])
         seg = segment.segment_nodule(hu, spacing_zyx, seed_zyx,
                                      lung_mask=sitk.GetArrayFromImage(lung_voi).astype(bool),
-                                     nodule_type=nodule_type)
+                                     nodule_type=nodule_type, tissue_hu=tissue_hu)
         if "touches_roi_border" not in seg.flags:
             break
     m = measure.measure_nodule(seg.mask, spacing_zyx, origin_xyz=voi.GetOrigin(),

@@ -252,6 +252,11 @@ class Segmentation:
         Estimated lung parenchyma and nodule core levels (HU).
     solid_threshold_hu : float
         Threshold of the solid component (NaN unless part-solid).
+    tissue_hu : float
+        The nodule's outer tissue level :math:`G_{in}` (HU) that the
+        partial-volume step divided by (step 9): read on the nodule, or the
+        ``tissue_hu`` given to :func:`segment_nodule`; NaN when that step
+        did not run.
     """
 
     mask: np.ndarray = field(repr=False)
@@ -264,6 +269,7 @@ class Segmentation:
     parenchyma_hu: float = math.nan
     core_hu: float = math.nan
     solid_threshold_hu: float = math.nan
+    tissue_hu: float = math.nan
 
 
 # --------------------------------------------------------------------------
@@ -520,7 +526,8 @@ def voi_half_size_mm(expected_diameter_mm: float | None = None, inplane_voxel_mm
 # --------------------------------------------------------------------------
 # the segmentation
 # --------------------------------------------------------------------------
-def segment_nodule(volume_hu, spacing_zyx, seed_zyx, *, lung_mask=None, nodule_type=None) -> Segmentation:
+def segment_nodule(volume_hu, spacing_zyx, seed_zyx, *, lung_mask=None, nodule_type=None,
+                   tissue_hu: float | None = None) -> Segmentation:
     r"""Segment the nodule at a seed point in a CT volume of interest.
 
     The whole-nodule boundary is the iso-surface at the midpoint between the
@@ -566,6 +573,13 @@ def segment_nodule(volume_hu, spacing_zyx, seed_zyx, *, lung_mask=None, nodule_t
         with the mask).
     nodule_type : {"solid", "part_solid", "ground_glass"}, optional
         Force the nodule type instead of detecting it.
+    tissue_hu : float, optional
+        Force the outer tissue level :math:`G_{in}` (HU) of the
+        partial-volume step (step 9) instead of reading it on the nodule:
+        the level read on the same nodule at the other time point, so that
+        both are measured at one level
+        (:func:`nodulegrowth.cohort.share_tissue_level`). It must lie above
+        the parenchyma around the nodule, or the step is skipped.
 
     Returns
     -------
@@ -591,15 +605,24 @@ def segment_nodule(volume_hu, spacing_zyx, seed_zyx, *, lung_mask=None, nodule_t
     True
     """
     vol, sp, seed0, lung = _check_inputs(volume_hu, spacing_zyx, seed_zyx, lung_mask, nodule_type)
+    if tissue_hu is not None:
+        try:
+            tissue_hu = float(tissue_hu)
+        except (TypeError, ValueError):
+            raise SegmentationError(f"tissue_hu={tissue_hu!r} is not a number; pass a level in HU or None") from None
+        if not -1000.0 < tissue_hu < 3000.0:
+            raise SegmentationError(f"tissue_hu={tissue_hu} HU is not a tissue level; pass one between -1000 and "
+                                    "3000 HU (Segmentation.tissue_hu of the other time point) or None")
+    kw = dict(level=tissue_hu)
     try:
-        seg = _segment(vol, sp, seed0, lung, nodule_type, refine_seed=True)
+        seg = _segment(vol, sp, seed0, lung, nodule_type, refine_seed=True, **kw)
     except SegmentationError as first:
         # The densest voxel near a faint nodule on the chest wall can be in
         # the wall, which the region growing leaves out: nothing is grown
         # from it. Grow from the click (independent benchmark sample: 2 of
         # 96 ground-glass nodules on the wall, 1.25 mm slices, failed so).
         try:
-            return _segment(vol, sp, seed0, lung, nodule_type, refine_seed=False, in_structure=True)
+            return _segment(vol, sp, seed0, lung, nodule_type, refine_seed=False, in_structure=True, **kw)
         except SegmentationError:
             pass
         # The centre of a cavitated nodule lies in its cavity, farther than
@@ -610,7 +633,7 @@ def segment_nodule(volume_hu, spacing_zyx, seed_zyx, *, lung_mask=None, nodule_t
             around = None
         if around is not None:
             try:
-                seg = _segment(vol, sp, around, lung, nodule_type, refine_seed=False, in_structure=True)
+                seg = _segment(vol, sp, around, lung, nodule_type, refine_seed=False, in_structure=True, **kw)
             except SegmentationError:
                 raise first from None
             if seg.mask[seed0]:
@@ -622,7 +645,7 @@ def segment_nodule(volume_hu, spacing_zyx, seed_zyx, *, lung_mask=None, nodule_t
         # a faint nodule; when the click itself lies in a structure, that
         # structure is the nodule the reader marked.
         try:
-            at_click = _segment(vol, sp, seed0, lung, nodule_type, refine_seed=False, in_structure=True)
+            at_click = _segment(vol, sp, seed0, lung, nodule_type, refine_seed=False, in_structure=True, **kw)
         except SegmentationError:
             at_click = None
         if at_click is not None and at_click.mask[seed0] and "segmentation_leak" not in at_click.flags:
@@ -631,12 +654,13 @@ def segment_nodule(volume_hu, spacing_zyx, seed_zyx, *, lung_mask=None, nodule_t
 
 
 def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool, in_structure: bool = False,
-             wall_subtracted: bool = False) -> Segmentation:
+             wall_subtracted: bool = False, level: float | None = None) -> Segmentation:
     """The body of :func:`segment_nodule` on checked inputs; ``refine_seed``
     allows the move to the densest voxel within 2 mm (step 1); ``in_structure``
     (the alternatives to the refined seed) requires the seed's core to stand
     3 SDs of the raw noise above the lung as well: a click 1 mm outside a
-    solid nodule reads its blurred edge, which is not a structure of its own."""
+    solid nodule reads its blurred edge, which is not a structure of its own;
+    ``level`` is the forced tissue level of step 9 (``tissue_hu``)."""
     flags: list[str] = []
     inplane = float(min(sp[1], sp[2]))
     # the leak retest, the clear-rim rule and the vessel steps hold only there
@@ -963,7 +987,7 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool, in_structu
     fit_notes: dict = {}  # what the blurred-ball fit says of the nodule (flag below)
     t_pv = _pv_threshold(sm, mask, dense, wall, G, sp, inplane, two_tissue=ntype == "part_solid" or core is not None,
                          comp=comp, fit_ball=ntype in ("solid", "ground_glass"), fit_beside_vessels=ntype == "solid",
-                         threshold=t, exclude=vessel_zone, notes=fit_notes)
+                         threshold=t, exclude=vessel_zone, notes=fit_notes, level=level)
     if t_pv is not None and abs(t_pv - t) > 1e-6:
         # structures that were not part of the grown region at t (vessels
         # cut off as far-reaching solid, neighbours) stay out: at the lower
@@ -1104,7 +1128,7 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool, in_structu
             and _equivalent_radius(mask, sp) >= max(float(sp[0]), 2.0 * inplane):
         again = _without_wall_flank(vol, sm, sp, seed0, ntype, mask, wall, P, leak,
                                     refine_seed=refine_seed, in_structure=in_structure,
-                                    low_contrast="low_contrast_nodule" in flags)
+                                    low_contrast="low_contrast_nodule" in flags, level=level)
         if again is not None:
             return again
     return Segmentation(
@@ -1118,6 +1142,7 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool, in_structu
         parenchyma_hu=float(P),
         core_hu=float(C),
         solid_threshold_hu=float(t_solid),
+        tissue_hu=float(fit_notes.get("level", math.nan)),
     )
 
 
@@ -1241,7 +1266,7 @@ def _wall_flank_excess(vol, sm, sp, wall, mask, P):
 
 
 def _without_wall_flank(vol, sm, sp, seed, ntype, mask, wall, P, leak, *, refine_seed, in_structure,
-                        low_contrast=False):
+                        low_contrast=False, level=None):
     """The segmentation of a faint nodule on the chest wall with the wall's blurred flank subtracted, or None.
 
     Without a lung mask the wall is the tissue outside the closed air round
@@ -1265,7 +1290,7 @@ def _without_wall_flank(vol, sm, sp, seed, ntype, mask, wall, P, leak, *, refine
     try:
         # the wall, now at the lung's level, is no longer found as wall
         seg = _segment(corrected, spv, seed, None, ntype, refine_seed=refine_seed, in_structure=in_structure,
-                       wall_subtracted=True)
+                       wall_subtracted=True, level=level)
     except SegmentationError:
         return None
     flank = excess > 0.02 * float(excess.max())
@@ -1278,7 +1303,7 @@ def _without_wall_flank(vol, sm, sp, seed, ntype, mask, wall, P, leak, *, refine
     return Segmentation(mask=seg.mask, nodule_type=seg.nodule_type, location="juxtapleural",
                         solid_mask=seg.solid_mask, threshold_hu=seg.threshold_hu, flags=flags,
                         seed_zyx=seg.seed_zyx, parenchyma_hu=seg.parenchyma_hu, core_hu=seg.core_hu,
-                        solid_threshold_hu=seg.solid_threshold_hu)
+                        solid_threshold_hu=seg.solid_threshold_hu, tissue_hu=seg.tissue_hu)
 
 
 def _seed_around_lucency(vol: np.ndarray, sp: np.ndarray, seed0, lung, max_radius_mm: float = 12.0):
@@ -1562,7 +1587,7 @@ def _lung_ring_and_faint(sm, region, mask, others, dense, g_in, sp):
 
 def _pv_threshold(sm, mask, dense, wall, G, sp, inplane, *, two_tissue: bool, comp: np.ndarray,
                   fit_ball: bool = False, fit_beside_vessels: bool = True, threshold: float | None = None,
-                  exclude: np.ndarray | None = None, notes: dict | None = None):
+                  exclude: np.ndarray | None = None, notes: dict | None = None, level: float | None = None):
     r"""Threshold whose mask volume equals the partial-volume volume, or None.
 
     .. math::
@@ -1605,7 +1630,11 @@ def _pv_threshold(sm, mask, dense, wall, G, sp, inplane, *, two_tissue: bool, co
     :math:`V_{PV}/v`-th largest value of :math:`I_\sigma` in :math:`R`
     (voxels of equal value all in or all out, whichever count is nearer
     :math:`V_{PV}/v`), clamped to the central half of the edge contrast.
-    ``notes`` is passed on to the blurred-ball fit when one is made.
+    ``level`` (HU), when given, is :math:`G_{in}`: nothing is read or fitted
+    (the same nodule's level at the other time point, see
+    :func:`segment_nodule`). ``notes`` is passed on to the blurred-ball fit
+    when one is made, and receives ``notes["level"]``, the :math:`G_{in}`
+    used.
     """
     if mask.sum() < 4:
         return None
@@ -1621,7 +1650,9 @@ def _pv_threshold(sm, mask, dense, wall, G, sp, inplane, *, two_tissue: bool, co
     region = (region & ~others) | mask
     if exclude is not None:
         region &= ~exclude | mask
-    if two_tissue:
+    if level is not None:
+        g_in = float(level)
+    elif two_tissue:
         g_in = float(G)
     else:
         # the deepest voxels (within 1 mm of the largest inscribed distance):
@@ -1706,7 +1737,8 @@ def _pv_threshold(sm, mask, dense, wall, G, sp, inplane, *, two_tissue: bool, co
         wide, p_wide, faint_wide = _lung_ring_and_faint(sm, wide, mask, others, dense, g_in, sp)
         if wide is not None and g_in > p_wide and not _vessel_near(mask, faint_wide, wall, sp):
             region, p_loc, widened = wide, p_wide, True
-    if fit_ball and (widened or fit_beside_vessels) and not two_tissue and float(depth.max()) < _BALL_FIT_DEPTH_MM:
+    if level is None and fit_ball and (widened or fit_beside_vessels) and not two_tissue \
+            and float(depth.max()) < _BALL_FIT_DEPTH_MM:
         # a small nodule's centre is blurred below its tissue level (4-6 mm
         # solid nodules, benchmark quick grid: volume +16 % -> +2 %; ground
         # glass, drawn benchmark scenes, isolated, 2.5-4.5 mm: +22 % -> +3 %
@@ -1721,6 +1753,8 @@ def _pv_threshold(sm, mask, dense, wall, G, sp, inplane, *, two_tissue: bool, co
                                      deepest=idx[band], smooth_mm=0.5 * inplane, notes=notes)
         if fitted is not None:
             g_in = fitted
+    if notes is not None:
+        notes["level"] = g_in
     frac = (sm[region] - p_loc) / (g_in - p_loc)
     # a voxel denser than the nodule's tissue by more than the noise (a
     # vessel or calcification inside the mask, the solid core of a

@@ -232,3 +232,65 @@ def test_harmonise_types_keeps_the_original_when_the_forced_one_leaks():
     a, b = _fake("solid"), _fake("part_solid")
     leaky = {"T1": lambda t: _fake(t, ["segmentation_leak"]), "T2": None}
     assert cohort.harmonise_types(a, b, leaky) == (a, b, [])
+
+
+def _leveled(volume, level, nodule_type="ground_glass", flags=(), parenchyma=-850.0):
+    """A (Segmentation, measurement, voi) result with a tissue level (HU) and a volume (mm3)."""
+    import numpy as np
+    from types import SimpleNamespace
+    from nodulegrowth.segment import Segmentation
+    seg = Segmentation(mask=np.ones((1, 1, 1), bool), nodule_type=nodule_type, location="isolated",
+                       solid_mask=None, threshold_hu=-700.0, flags=tuple(flags), parenchyma_hu=parenchyma,
+                       tissue_hu=level)
+    return seg, SimpleNamespace(volume_mm3=volume), "voi"
+
+
+@pytest.mark.parametrize("v1, v2, redone, level", [(100.0, 150.0, "T1", -610.0), (150.0, 100.0, "T2", -640.0)])
+def test_share_tissue_level_redoes_the_smaller_nodule_at_the_larger_ones_level(v1, v2, redone, level):
+    calls = []
+
+    def redo(which):
+        return lambda t, lv: calls.append((which, t, lv)) or _leveled(123.0, lv)
+
+    r1, r2, flags = cohort.share_tissue_level(_leveled(v1, -640.0), _leveled(v2, -610.0),
+                                              {"T1": redo("T1"), "T2": redo("T2")})
+    assert calls == [(redone, "ground_glass", level)]
+    assert (r1 if redone == "T1" else r2)[1].volume_mm3 == 123.0
+    assert (r2 if redone == "T1" else r1)[1].volume_mm3 == (v2 if redone == "T1" else v1)
+    assert r1[0].tissue_hu == r2[0].tissue_hu == level
+    assert flags == []
+
+
+def test_share_tissue_level_flags_levels_too_far_apart():
+    def never(*a):
+        raise AssertionError("no segmentation should be redone")
+
+    # contrast about 250 HU; levels 150 HU apart (> half of it): a denser nodule, not noise
+    a, b = _leveled(100.0, -675.0), _leveled(150.0, -525.0)
+    assert cohort.share_tissue_level(a, b, {"T1": never, "T2": never}) == (a, b, ["tissue_level_changed"])
+    # 100 HU apart is within half the contrast
+    calls = []
+    cohort.share_tissue_level(_leveled(100.0, -650.0), _leveled(150.0, -550.0),
+                              {"T1": lambda t, lv: calls.append(lv) or _leveled(1.0, lv), "T2": never})
+    assert calls == [-550.0]
+
+
+@pytest.mark.parametrize("case", ["types", "missing", "equal"])
+def test_share_tissue_level_leaves_other_pairs_alone(case):
+    def never(*a):
+        raise AssertionError("no segmentation should be redone")
+
+    a, b = {"types": (_leveled(100.0, -600.0, "solid"), _leveled(150.0, -620.0, "ground_glass")),
+            "missing": (_leveled(100.0, float("nan")), _leveled(150.0, -620.0)),
+            "equal": (_leveled(100.0, -620.0), _leveled(150.0, -620.0))}[case]
+    assert cohort.share_tissue_level(a, b, {"T1": never, "T2": never}) == (a, b, [])
+
+
+def test_share_tissue_level_keeps_the_first_when_the_redone_one_leaks_and_keeps_level_doubts():
+    a, b = _leveled(100.0, -640.0), _leveled(150.0, -610.0)
+    leaky = {"T1": lambda t, lv: _leveled(120.0, lv, flags=["segmentation_leak"]), "T2": None}
+    assert cohort.share_tissue_level(a, b, leaky) == (a, b, [])
+    # a forced type raises no tissue_level_uncertain: the first segmentation's doubt stays
+    a = _leveled(100.0, -640.0, flags=["tissue_level_uncertain"])
+    r1, _, _ = cohort.share_tissue_level(a, b, {"T1": lambda t, lv: _leveled(120.0, lv), "T2": None})
+    assert r1[1].volume_mm3 == 120.0 and "tissue_level_uncertain" in r1[0].flags
