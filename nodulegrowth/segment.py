@@ -257,6 +257,14 @@ class Segmentation:
         partial-volume step divided by (step 9): read on the nodule, or the
         ``tissue_hu`` given to :func:`segment_nodule`; NaN when that step
         did not run.
+    tissue_level_source : str
+        Where ``tissue_hu`` was read: ``"plateau"`` (the interior beyond
+        the blur of a larger nodule), ``"fit"`` (the blurred-ball fit of a
+        small one), ``"deepest"`` (its deepest voxels), ``"deepest_narrow"``
+        (the same, the sum kept narrow beside a vessel: the level, lowered by
+        blur, offsets the edge's tail the sum misses), ``"rim"`` (the
+        ground-glass rim of a part-solid nodule), ``"given"``; empty when the
+        step did not run.
     """
 
     mask: np.ndarray = field(repr=False)
@@ -270,6 +278,7 @@ class Segmentation:
     core_hu: float = math.nan
     solid_threshold_hu: float = math.nan
     tissue_hu: float = math.nan
+    tissue_level_source: str = ""
 
 
 # --------------------------------------------------------------------------
@@ -1143,6 +1152,7 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool, in_structu
         core_hu=float(C),
         solid_threshold_hu=float(t_solid),
         tissue_hu=float(fit_notes.get("level", math.nan)),
+        tissue_level_source=str(fit_notes.get("level_source", "")),
     )
 
 
@@ -1303,7 +1313,8 @@ def _without_wall_flank(vol, sm, sp, seed, ntype, mask, wall, P, leak, *, refine
     return Segmentation(mask=seg.mask, nodule_type=seg.nodule_type, location="juxtapleural",
                         solid_mask=seg.solid_mask, threshold_hu=seg.threshold_hu, flags=flags,
                         seed_zyx=seg.seed_zyx, parenchyma_hu=seg.parenchyma_hu, core_hu=seg.core_hu,
-                        solid_threshold_hu=seg.solid_threshold_hu, tissue_hu=seg.tissue_hu)
+                        solid_threshold_hu=seg.solid_threshold_hu, tissue_hu=seg.tissue_hu,
+                        tissue_level_source=seg.tissue_level_source)
 
 
 def _seed_around_lucency(vol: np.ndarray, sp: np.ndarray, seed0, lung, max_radius_mm: float = 12.0):
@@ -1634,7 +1645,8 @@ def _pv_threshold(sm, mask, dense, wall, G, sp, inplane, *, two_tissue: bool, co
     (the same nodule's level at the other time point, see
     :func:`segment_nodule`). ``notes`` is passed on to the blurred-ball fit
     when one is made, and receives ``notes["level"]``, the :math:`G_{in}`
-    used.
+    used, and ``notes["level_source"]``, where it was read (see
+    :class:`Segmentation`, ``tissue_level_source``).
     """
     if mask.sum() < 4:
         return None
@@ -1651,9 +1663,9 @@ def _pv_threshold(sm, mask, dense, wall, G, sp, inplane, *, two_tissue: bool, co
     if exclude is not None:
         region &= ~exclude | mask
     if level is not None:
-        g_in = float(level)
+        g_in, source = float(level), "given"
     elif two_tissue:
-        g_in = float(G)
+        g_in, source = float(G), "rim"
     else:
         # the deepest voxels (within 1 mm of the largest inscribed distance):
         # for a small nodule blur lowers everything but its very centre, so a
@@ -1707,8 +1719,9 @@ def _pv_threshold(sm, mask, dense, wall, G, sp, inplane, *, two_tissue: bool, co
         # the plateau is used when it is larger; not with a lucency, whose
         # air the plateau would hold
         plateau = depth >= max(_PLATEAU_DEPTH_MM, float(sp[0]))
+        source = "deepest"
         if not lucent and plateau.sum() > band.sum():
-            band = plateau
+            band, source = plateau, "plateau"
         g_in = float(np.median(sm[mask][band]))
     narrow = region
     region, p_loc, faint = _lung_ring_and_faint(sm, region, mask, others, dense, g_in, sp)
@@ -1752,9 +1765,11 @@ def _pv_threshold(sm, mask, dense, wall, G, sp, inplane, *, two_tissue: bool, co
         fitted = _blurred_ball_level(sm, fit_region, mask, p_fit, g_in, sp,
                                      deepest=idx[band], smooth_mm=0.5 * inplane, notes=notes)
         if fitted is not None:
-            g_in = fitted
+            g_in, source = fitted, "fit"
+    if source == "deepest" and not widened:
+        source = "deepest_narrow"
     if notes is not None:
-        notes["level"] = g_in
+        notes["level"], notes["level_source"] = g_in, source
     frac = (sm[region] - p_loc) / (g_in - p_loc)
     # a voxel denser than the nodule's tissue by more than the noise (a
     # vessel or calcification inside the mask, the solid core of a

@@ -234,14 +234,14 @@ def test_harmonise_types_keeps_the_original_when_the_forced_one_leaks():
     assert cohort.harmonise_types(a, b, leaky) == (a, b, [])
 
 
-def _leveled(volume, level, nodule_type="ground_glass", flags=(), parenchyma=-850.0):
+def _leveled(volume, level, nodule_type="ground_glass", flags=(), parenchyma=-850.0, source="deepest"):
     """A (Segmentation, measurement, voi) result with a tissue level (HU) and a volume (mm3)."""
     import numpy as np
     from types import SimpleNamespace
     from nodulegrowth.segment import Segmentation
     seg = Segmentation(mask=np.ones((1, 1, 1), bool), nodule_type=nodule_type, location="isolated",
                        solid_mask=None, threshold_hu=-700.0, flags=tuple(flags), parenchyma_hu=parenchyma,
-                       tissue_hu=level)
+                       tissue_hu=level, tissue_level_source=source)
     return seg, SimpleNamespace(volume_mm3=volume), "voi"
 
 
@@ -275,14 +275,15 @@ def test_share_tissue_level_flags_levels_too_far_apart():
     assert calls == [-550.0]
 
 
-@pytest.mark.parametrize("case", ["types", "missing", "equal"])
+@pytest.mark.parametrize("case", ["types", "missing", "equal", "narrow"])
 def test_share_tissue_level_leaves_other_pairs_alone(case):
     def never(*a):
         raise AssertionError("no segmentation should be redone")
 
     a, b = {"types": (_leveled(100.0, -600.0, "solid"), _leveled(150.0, -620.0, "ground_glass")),
             "missing": (_leveled(100.0, float("nan")), _leveled(150.0, -620.0)),
-            "equal": (_leveled(100.0, -620.0), _leveled(150.0, -620.0))}[case]
+            "equal": (_leveled(100.0, -620.0), _leveled(150.0, -620.0)),
+            "narrow": (_leveled(100.0, -640.0, source="deepest_narrow"), _leveled(150.0, -620.0))}[case]
     assert cohort.share_tissue_level(a, b, {"T1": never, "T2": never}) == (a, b, [])
 
 
