@@ -677,6 +677,25 @@ def share_tissue_level(result1, result2, redo, tolerance: float = TISSUE_LEVEL_T
     .. [1] de Hoop B, Gietema H, van de Vorst S, et al. Pulmonary ground-glass
        nodules: increase in mass as an early indicator of growth. Radiology
        2010;255(1):199-206.
+
+    Examples
+    --------
+    A ground-glass nodule read at -640 HU at T1 (100 mm³) and -610 HU at T2
+    (150 mm³) in lung of -850 HU: T1 is segmented again at -610 HU (here a
+    stand-in that returns 95 mm³):
+
+    >>> import numpy as np
+    >>> from types import SimpleNamespace
+    >>> from nodulegrowth.segment import Segmentation
+    >>> def result(volume, level):
+    ...     seg = Segmentation(mask=np.ones((1, 1, 1), bool), nodule_type="ground_glass",
+    ...                        location="isolated", solid_mask=None, threshold_hu=-730.0,
+    ...                        parenchyma_hu=-850.0, tissue_hu=level)
+    ...     return seg, SimpleNamespace(volume_mm3=volume), None
+    >>> redo = {"T1": lambda nodule_type, level: result(95.0, level), "T2": None}
+    >>> r1, r2, flags = share_tissue_level(result(100.0, -640.0), result(150.0, -610.0), redo)
+    >>> r1[0].tissue_hu, r1[1].volume_mm3, flags
+    (-610.0, 95.0, [])
     """
     s1, s2 = result1[0], result2[0]
     g1, g2 = float(getattr(s1, "tissue_hu", math.nan)), float(getattr(s2, "tissue_hu", math.nan))

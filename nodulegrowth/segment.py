@@ -109,7 +109,11 @@ surrounding lung. Every threshold is derived from the image itself:
    vessel stubs out. For a solid nodule (slices up to twice the pixel size)
    the voxels nearer to a structure that touches it and continues away (a
    vessel, not the chest wall) than to the mask are that structure's: they
-   are left out of the sum and of the regrown mask.
+   are left out of the sum and of the regrown mask. A caller may give
+   :math:`G_{in}` instead (``tissue_hu``: the same nodule's level at the
+   other time point, :func:`nodulegrowth.cohort.share_tissue_level`);
+   ``Segmentation.tissue_hu`` and ``tissue_level_source`` record the level
+   used and where it was read.
 10. **Vessel stubs** (slices up to twice the in-plane size): a piece of the
     mask that the leak test's ball (0.7 times the mask's largest inscribed
     radius) cannot reach, that protrudes at least max(1.5 mm, 2.25 voxels)
