@@ -1157,7 +1157,7 @@ def test_a_bad_tissue_level_is_refused(bad, match):
 
 def test_one_tissue_level_for_both_time_points_steadies_a_part_solid_volume_ratio():
     # A 6.6 mm part-solid nodule and the same grown by 1.15 (volume x1.52):
-    # its ground-glass rim, a millimetre or so thick, reads 10-45 HU lower
+    # its ground-glass rim, a millimetre or so thick, reads 8-44 HU lower
     # at T1 than at T2 (blur reaches further into it), so each scan's own
     # level makes the ratio 4-14 % low; at the larger one's level
     # (cohort.share_tissue_level) the error is the integrated attenuation's
