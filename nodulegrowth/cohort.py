@@ -698,10 +698,9 @@ def share_tissue_level(result1, result2, redo, tolerance: float = TISSUE_LEVEL_T
     (-610.0, 95.0, [])
     """
     s1, s2 = result1[0], result2[0]
-    g1, g2 = float(getattr(s1, "tissue_hu", math.nan)), float(getattr(s2, "tissue_hu", math.nan))
-    if s1.nodule_type != s2.nodule_type or not (math.isfinite(g1) and math.isfinite(g2)) or g1 == g2:
-        return result1, result2, []
-    if "deepest_narrow" in (getattr(s1, "tissue_level_source", ""), getattr(s2, "tissue_level_source", "")):
+    g1, g2 = float(s1.tissue_hu), float(s2.tissue_hu)
+    if s1.nodule_type != s2.nodule_type or not (math.isfinite(g1) and math.isfinite(g2)) or g1 == g2 \
+            or "deepest_narrow" in (s1.tissue_level_source, s2.tissue_level_source):
         return result1, result2, []
     contrast = 0.5 * ((g1 - s1.parenchyma_hu) + (g2 - s2.parenchyma_hu))
     if not (math.isfinite(contrast) and contrast > 0) or abs(g1 - g2) > tolerance * contrast:

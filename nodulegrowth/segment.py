@@ -626,16 +626,15 @@ def segment_nodule(volume_hu, spacing_zyx, seed_zyx, *, lung_mask=None, nodule_t
         if not -1000.0 < tissue_hu < 3000.0:
             raise SegmentationError(f"tissue_hu={tissue_hu} HU is not a tissue level; pass one between -1000 and "
                                     "3000 HU (Segmentation.tissue_hu of the other time point) or None")
-    kw = dict(level=tissue_hu)
     try:
-        seg = _segment(vol, sp, seed0, lung, nodule_type, refine_seed=True, **kw)
+        seg = _segment(vol, sp, seed0, lung, nodule_type, refine_seed=True, level=tissue_hu)
     except SegmentationError as first:
         # The densest voxel near a faint nodule on the chest wall can be in
         # the wall, which the region growing leaves out: nothing is grown
         # from it. Grow from the click (independent benchmark sample: 2 of
         # 96 ground-glass nodules on the wall, 1.25 mm slices, failed so).
         try:
-            return _segment(vol, sp, seed0, lung, nodule_type, refine_seed=False, in_structure=True, **kw)
+            return _segment(vol, sp, seed0, lung, nodule_type, refine_seed=False, in_structure=True, level=tissue_hu)
         except SegmentationError:
             pass
         # The centre of a cavitated nodule lies in its cavity, farther than
@@ -646,7 +645,8 @@ def segment_nodule(volume_hu, spacing_zyx, seed_zyx, *, lung_mask=None, nodule_t
             around = None
         if around is not None:
             try:
-                seg = _segment(vol, sp, around, lung, nodule_type, refine_seed=False, in_structure=True, **kw)
+                seg = _segment(vol, sp, around, lung, nodule_type, refine_seed=False, in_structure=True,
+                               level=tissue_hu)
             except SegmentationError:
                 raise first from None
             if seg.mask[seed0]:
@@ -658,7 +658,8 @@ def segment_nodule(volume_hu, spacing_zyx, seed_zyx, *, lung_mask=None, nodule_t
         # a faint nodule; when the click itself lies in a structure, that
         # structure is the nodule the reader marked.
         try:
-            at_click = _segment(vol, sp, seed0, lung, nodule_type, refine_seed=False, in_structure=True, **kw)
+            at_click = _segment(vol, sp, seed0, lung, nodule_type, refine_seed=False, in_structure=True,
+                                level=tissue_hu)
         except SegmentationError:
             at_click = None
         if at_click is not None and at_click.mask[seed0] and "segmentation_leak" not in at_click.flags:
