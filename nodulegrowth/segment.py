@@ -40,9 +40,13 @@ surrounding lung. Every threshold is derived from the image itself:
    not count as such a structure); then a morphological opening with a ball
    of 0.45 times the nodule's inscribed radius (the distance from the seed to
    the nearest background voxel), applied with the region's enclosed
-   lucencies filled, removes attached structures thinner than that; the
-   opening is repeated with a larger ball when the result still looks like a
-   leak, or (slices up to twice the pixel size) when what it cut off is, where
+   lucencies filled, removes attached structures thinner than that. When
+   the result still looks like a leak, a straight vessel that runs past the
+   nodule is fitted beyond it and taken out along its axis (slices up to
+   twice the pixel size; :func:`_straight_vessels`: a vessel about as thick
+   as the nodule, which no ball takes off without eroding the nodule);
+   failing that, the opening is repeated with a larger ball. It is also
+   repeated (slices up to twice the pixel size) when what it cut off is, where
    it meets the mask, at least as thick as the ball: such a vessel was cut
    where the noise thinned it, and its stub stayed on. The leak tests allow
    for the grid: the inscribed radius
@@ -215,6 +219,11 @@ _OPENING_FACTOR = 0.45
 # larger balls (times the inscribed radius) tried in turn when the mask
 # opened by the first one still looks like a leak
 _RETRY_FACTORS = (0.7, 0.9)
+# how far (mm) beyond the nodule's reach a straight vessel is fitted
+# (_straight_vessels): long enough for a direction and a radius, short
+# enough that a vessel bent on a radius of 15 mm stays within a voxel of
+# its chord
+_TUBE_WINDOW_MM = 8.0
 # below this largest inscribed radius (mm) a solid nodule has no interior
 # plateau under the blur, and its tissue level is fitted (_blurred_ball_level)
 _BALL_FIT_DEPTH_MM = 3.0
@@ -816,6 +825,25 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool, in_structu
         m = separate(comp, r_in, _OPENING_FACTOR)
         leak = looks_leaky(m)
         used = _OPENING_FACTOR
+        # A vessel about as thick as the nodule survives any ball that
+        # leaves the nodule whole, and a larger ball erodes the nodule to a
+        # core and keeps a piece of the vessel beside it, which the
+        # partial-volume step then reads as the nodule's level and edge
+        # (benchmark scenes, 4-6 mm solid nodules beside 1-1.5 mm-radius
+        # vessels, 1-1.25 mm slices, 80 scans: 14 over +50 %, up to +1600 %,
+        # all flagged). A straight vessel that passes the nodule is found
+        # beyond it and taken out along its axis (_straight_vessels) before
+        # any larger ball is tried: the same 80 scans, none over +25 %
+        # (median |error| 7 -> 3 %). Only where balls are resolved along z,
+        # like the other vessel steps.
+        sep = comp  # the region the openings work on
+        if leak and near_isotropic:
+            tubes = _straight_vessels(comp, seed, r_in, sp, inplane)
+            if tubes.any():
+                rest = _component_at(comp & ~tubes, seed)
+                m2 = separate(rest, r_in, _OPENING_FACTOR) if rest.any() else rest
+                if m2.any() and m2[seed] and not looks_leaky(m2):
+                    m, leak, sep = m2, False, rest
         for factor in _RETRY_FACTORS:
             if not leak:
                 break
@@ -833,15 +861,15 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool, in_structu
         # 0.6-1.5 mm-radius vessels, 1 mm slices: a 5.8 mm nodule +40 %
         # unflagged; +6 % with this and the vessel split of the partial-
         # volume step). Only where balls are resolved along z.
-        if near_isotropic and not leak and (comp & ~m).any():
+        if near_isotropic and not leak and (sep & ~m).any():
             for factor in _RETRY_FACTORS:
                 if factor <= used:
                     continue
                 d_m = _distance_to(m, sp)
-                r_v = _attached_radius(_attached_structures(comp & ~m, d_m, inplane), d_m, sp)
+                r_v = _attached_radius(_attached_structures(sep & ~m, d_m, inplane), d_m, sp)
                 if r_v < used * r_in:
                     break
-                m2 = separate(comp, r_in, factor)
+                m2 = separate(sep, r_in, factor)
                 if not (m2.any() and m2[seed]) or looks_leaky(m2):
                     break
                 m, used = m2, factor
@@ -1941,6 +1969,89 @@ def _blurred_ball_level(sm, region, mask, p_loc, g_band, sp, deepest=None, smoot
         implied = p_loc + contrast / max(k_ct, 1e-3)
         return float(max(g_band, min(ceiling, implied)))
     return level
+
+
+def _straight_vessels(comp: np.ndarray, seed, r_in: float, sp, inplane: float) -> np.ndarray:
+    r"""Voxels of the grown region ``comp`` in straight vessels that pass the nodule (bool, same shape).
+
+    Beyond :math:`r_f = 2 r_{in} + 2` mm from the ``seed`` (the reach of the
+    far-reaching test, step 6) and within :data:`_TUBE_WINDOW_MM` more, the
+    grown region holds only what is attached to the nodule. Its pieces there
+    (26-connected, at least 8 voxels), alone or two together (a vessel
+    passing within :math:`r_f` of the seed leaves one piece on each side),
+    are fitted with a straight tube: the axis is their principal axis
+    through their centroid, the radius that of a cylinder of their volume
+    over the length they cover,
+
+    .. math:: r_t = \sqrt{\frac{V}{\pi \sum_k (L_k + h)}}
+
+    with :math:`L_k` the extent of piece :math:`k` along the axis and
+    :math:`h` the in-plane voxel size (mm). A tube is taken when
+
+    * 95 % of its voxels lie within :math:`r_t + h` of the axis (straight;
+      a blob, a bend or two pieces that are not in line fail),
+    * it has voxels on both sides of the axis point nearest the seed,
+      farther than :math:`r_t` from it (it passes the nodule; a vessel that
+      ends in the nodule is not drawn on through it),
+    * its axis passes at least :math:`r_t + r_{in} / 2` from the seed (beside
+      the nodule, not through it).
+
+    What is returned is every voxel of ``comp`` within :math:`r_t + h / 2` of
+    a taken axis, between its outermost supporting voxels: the vessel where
+    it runs past the nodule too, and the thin cap of the nodule it overlaps.
+    ``r_in`` (mm) is the seed's distance to the background, ``sp`` the
+    spacing ``(z, y, x)`` in mm.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> sp = np.array([0.7, 0.7, 0.7])
+    >>> z, y, x = np.indices((40, 40, 40)) * 0.7 - 13.65
+    >>> ball = z ** 2 + y ** 2 + x ** 2 <= 2.0 ** 2
+    >>> tube = (z - 3.0) ** 2 + x ** 2 <= 1.4 ** 2   # along y, touching the ball
+    >>> out = _straight_vessels(ball | tube, (19, 19, 19), 1.9, sp, 0.7)
+    >>> bool(out[tube & ~ball].mean() > 0.95), bool(out[ball].mean() < 0.1)
+    (True, True)
+    """
+    idx = np.argwhere(comp)
+    sp = np.asarray(sp, float)
+    pts = idx * sp
+    c = np.asarray(seed, float) * sp
+    dist = np.linalg.norm(pts - c, axis=1)
+    r_far = 2.0 * r_in + 2.0
+    far = np.zeros(comp.shape, bool)
+    far[tuple(idx[(dist > r_far) & (dist <= r_far + _TUBE_WINDOW_MM)].T)] = True
+    lab, n = ndimage.label(far, structure=np.ones((3, 3, 3), bool))
+    at = lab[tuple(idx.T)]
+    pieces = [q for q in (pts[at == k] for k in range(1, n + 1)) if len(q) >= 8]
+    out = np.zeros(comp.shape, bool)
+    vox = float(np.prod(sp))
+    taken: set[int] = set()
+    # pairs first: a vessel passing close by leaves a piece on each side, and
+    # each piece alone is one-sided
+    cands = [(i, j) for i in range(len(pieces)) for j in range(i + 1, len(pieces))] + \
+            [(i,) for i in range(len(pieces))]
+    for cand in cands:
+        if taken & set(cand):
+            continue
+        q = np.concatenate([pieces[i] for i in cand])
+        mu = q.mean(axis=0)
+        u = np.linalg.svd(q - mu, full_matrices=False)[2][0]
+        s_q = (q - mu) @ u
+        rho = np.linalg.norm(q - mu - np.outer(s_q, u), axis=1)
+        length = sum(float(np.ptp((pieces[i] - mu) @ u)) + inplane for i in cand)
+        r_t = math.sqrt(len(q) * vox / length / math.pi)
+        s_c = float((c - mu) @ u)
+        d_line = float(np.linalg.norm(c - mu - s_c * u))
+        if np.quantile(rho, 0.95) > r_t + inplane or not (s_q.min() < s_c - r_t and s_q.max() > s_c + r_t) \
+                or d_line - r_t < 0.5 * r_in:
+            continue
+        s_all = (pts - mu) @ u
+        rho_all = np.linalg.norm(pts - mu - np.outer(s_all, u), axis=1)
+        sel = (rho_all <= r_t + 0.5 * inplane) & (s_all >= s_q.min()) & (s_all <= s_q.max())
+        out[tuple(idx[sel].T)] = True
+        taken |= set(cand)
+    return out
 
 
 def _far_reaching_solid(sm, solid_level, seed, sp, reach_mm, *, dilate=True):

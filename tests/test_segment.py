@@ -18,8 +18,9 @@ from scipy import ndimage
 
 from nodulegrowth.errors import NoduleGrowthError, SegmentationError
 from nodulegrowth.measure import measure_nodule, volume_mm3
-from nodulegrowth.segment import (Segmentation, _blurred_ball_level, _blurred_ball_profile, _trim_vessel_stubs,
-                                  _vessel_near, _wall_flank_excess, joint_nodule_type, segment_nodule)
+from nodulegrowth.segment import (Segmentation, _blurred_ball_level, _blurred_ball_profile, _straight_vessels,
+                                  _trim_vessel_stubs, _vessel_near, _wall_flank_excess, joint_nodule_type,
+                                  segment_nodule)
 
 SPACINGS = [(1.0, 0.7, 0.7), (2.5, 0.8, 0.8), (0.6, 0.5, 0.5)]
 LUNG = -850.0
@@ -252,6 +253,60 @@ def test_small_solid_nodule_on_a_vessel_thinner_than_the_opening_is_not_silently
     # Either a volume within 30 % or the segmentation_leak flag.
     err, flags = _solid_ball_on_vessel_error(r, rv, noise_seed)
     assert abs(err) < 0.3 or "segmentation_leak" in flags, f"{100 * err:+.0f} %, flags {flags}"
+
+
+@pytest.mark.parametrize("r, rv", [(2.0, 1.4), (2.2, 1.5), (2.5, 1.5)])
+@pytest.mark.parametrize("noise_seed", [3, 4])
+def test_small_solid_nodule_on_a_vessel_as_thick_as_it_is_measured_without_the_vessel(r, rv, noise_seed):
+    # no ball takes a vessel of 0.6-0.75 times the nodule's radius off
+    # without eroding the nodule: the larger retry balls left a core, -20 to
+    # -32 % (on the benchmark's scenes the piece of vessel they kept beside
+    # it sent the partial-volume step to +100 to +1600 %). The straight
+    # vessel fitted beyond the nodule and taken out along its axis: -3 to
+    # -13 %. The boundary at the vessel is still a model's: flagged.
+    err, flags = _solid_ball_on_vessel_error(r, rv, noise_seed)
+    assert abs(err) < 0.15, f"{100 * err:+.0f} %"
+    assert "segmentation_leak" in flags
+
+
+def _mask_grid(n=48, h=0.7):
+    z, y, x = (np.indices((n, n, n)) - (n - 1) / 2) * h
+    return z, y, x, np.array([h, h, h]), ((n - 1) // 2,) * 3
+
+
+def test_straight_vessels_takes_a_tube_passing_the_nodule():
+    z, y, x, sp, seed = _mask_grid()
+    ball = z ** 2 + y ** 2 + x ** 2 <= 2.0 ** 2
+    for off in (3.2, 5.5):  # one piece beyond the nodule's reach, or one on each side
+        tube = (z - off) ** 2 + (x - 0.3 * y) ** 2 <= 1.4 ** 2
+        out = _straight_vessels(ball | tube, seed, 1.9, sp, 0.7)
+        # what stays connected to the seed is the nodule, less a thin cap
+        lab, _ = ndimage.label((ball | tube) & ~out)
+        left = lab == lab[seed]
+        assert not (left & tube & ~ball).sum() > 0.02 * ball.sum()
+        assert out[ball].mean() < 0.1
+
+
+@pytest.mark.parametrize("shape", ["ends_in_nodule", "ends_beside_nodule", "through_nodule", "bent_away",
+                                   "two_not_in_line"])
+def test_straight_vessels_leaves_what_is_not_a_straight_tube_passing_by(shape):
+    # a vessel that ends in the nodule or runs through it must not be drawn
+    # on through the nodule; a bent vessel's chord or the line through two
+    # branches would cut into it. Only a tube running past is taken.
+    z, y, x, sp, seed = _mask_grid()
+    ball = z ** 2 + y ** 2 + x ** 2 <= 2.0 ** 2
+    if shape == "ends_in_nodule":
+        other = (z ** 2 + x ** 2 <= 1.4 ** 2) & (y >= 0)
+    elif shape == "ends_beside_nodule":
+        other = ((z - 3.2) ** 2 + x ** 2 <= 1.4 ** 2) & (y >= 0)
+    elif shape == "through_nodule":
+        other = (z - 0.8) ** 2 + x ** 2 <= 1.2 ** 2
+    elif shape == "bent_away":  # an arc of radius 12 mm touching the nodule, bending away from it
+        other = (np.hypot(z - 15.0, y) - 12.0) ** 2 + x ** 2 <= 1.4 ** 2
+    else:  # two branches leaving the nodule's side at an angle
+        other = ((z - 3.2) ** 2 + (x - y) ** 2 / 2 <= 1.4 ** 2) & (y > 0) \
+            | ((z - 3.2) ** 2 + (x + y) ** 2 / 2 <= 1.4 ** 2) & (y < 0)
+    assert not _straight_vessels(ball | other, seed, 1.9, sp, 0.7).any()
 
 
 def _oblique_ellipsoid_on_thick_vessel(noise_seed):
