@@ -139,6 +139,16 @@ surrounding lung. Every threshold is derived from the image itself:
     isolated one (:func:`_without_wall_flank`). With a lung mask, whose
     edge is the wall's surface, the flank inside the mask is counted as
     nodule instead, and this step is not taken.
+12. **A vessel's flank** (solid and ground-glass nodules found juxtavascular,
+    slices up to twice the pixel size): the partial-volume step splits the
+    space round a vessel's contact by distance, which counts part of the
+    vessel's blurred flank as nodule and loses the nodule's flank on that
+    side, unequally at T1 and T2. The straight vessels among the attached
+    structures (:func:`_tube_axes`) have their blurred excess, read from
+    the vessel away from the nodule as a function of the distance to its
+    axis, subtracted, and the nodule is segmented again as an isolated one
+    (:func:`_without_vessels`); it stays ``juxtavascular`` and keeps a
+    ``segmentation_leak`` flag of the first pass.
 
 QC flags (for the contract's ``qc_flags``): ``touches_pleura`` (the mask
 touches the chest wall), ``touches_roi_border``, ``segmentation_leak`` (the mask
@@ -677,7 +687,8 @@ def segment_nodule(volume_hu, spacing_zyx, seed_zyx, *, lung_mask=None, nodule_t
 
 
 def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool, in_structure: bool = False,
-             wall_subtracted: bool = False, level: float | None = None) -> Segmentation:
+             wall_subtracted: bool = False, level: float | None = None,
+             vessel_subtracted: bool = False) -> Segmentation:
     """The body of :func:`segment_nodule` on checked inputs; ``refine_seed``
     allows the move to the densest voxel within 2 mm (step 1); ``in_structure``
     (the alternatives to the refined seed) requires the seed's core to stand
@@ -1166,6 +1177,19 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool, in_structu
     # Not for part-solid nodules: their thin rims read lower still
     # without the wall (48 scans of 5-12 mm on the wall: median |error|
     # 3.6 -> 7.0 %)
+    # A vessel beside a solid or ground-glass nodule: see _without_vessels.
+    # Not for part-solid nodules, whose rim level and solid component were
+    # read with the vessel's flank excluded as "other structure" (drawn
+    # scenes, 6-12 mm part-solid beside vessels: median |error| 3 -> 5 %
+    # with it)
+    if location == "juxtavascular" and near_isotropic and ntype in ("solid", "ground_glass") \
+            and not (vessel_subtracted or wall_subtracted):
+        d_mask = _distance_to(mask, sp)
+        attached = _attached_structures((sm >= t) & ~mask & ~wall, d_mask, inplane)
+        again = _without_vessels(vol, sp, seed0, nodule_type, lung, mask, attached, P, r_in, inplane, leak,
+                                 refine_seed=refine_seed, in_structure=in_structure, level=level)
+        if again is not None:
+            return again
     if location == "juxtapleural" and ntype == "ground_glass" and lung is None and not wall_subtracted \
             and _equivalent_radius(mask, sp) >= max(float(sp[0]), 2.0 * inplane):
         again = _without_wall_flank(vol, sm, sp, seed0, ntype, mask, wall, P, leak,
@@ -1344,6 +1368,116 @@ def _without_wall_flank(vol, sm, sp, seed, ntype, mask, wall, P, leak, *, refine
     flags = tuple(dict.fromkeys(("touches_pleura",) + tuple(f for f in seg.flags if f != "low_contrast_nodule")
                                 + (("low_contrast_nodule",) if low_contrast else ())))
     return Segmentation(mask=seg.mask, nodule_type=seg.nodule_type, location="juxtapleural",
+                        solid_mask=seg.solid_mask, threshold_hu=seg.threshold_hu, flags=flags,
+                        seed_zyx=seg.seed_zyx, parenchyma_hu=seg.parenchyma_hu, core_hu=seg.core_hu,
+                        solid_threshold_hu=seg.solid_threshold_hu, tissue_hu=seg.tissue_hu,
+                        tissue_level_source=seg.tissue_level_source)
+
+
+def _vessel_excess(vol, sp, mask, structures, seed, r_in, P, inplane):
+    r"""The blurred excess (HU above the lung) of straight vessels beside a nodule, or None.
+
+    CT blur is linear: near a vessel the image is the lung level plus the
+    vessel's blurred excess plus the nodule's. The vessels are the straight
+    tubes (:func:`_tube_axes`) of the ``structures`` attached to ``mask``
+    that run past the nodule. Each one's excess is read from the vessel
+    itself, away from the nodule, as a function of the distance
+    :math:`\rho` (mm) to its axis,
+
+    .. math:: e(\rho) = \max\big(0,\ \operatorname{median}\{I_j : \rho_j \in [\rho, \rho + 0.2\ \mathrm{mm})\} - P\big),
+
+    over the voxels more than 3 mm from ``mask`` along the stretch of axis
+    the tube's voxels span (bins of fewer than 8 voxels skipped), made
+    non-increasing outwards and 0 from :math:`r_t + 4` mm; it is laid along
+    that whole stretch, across the nodule too, where two vessels' excesses
+    meet the larger is taken.
+
+    Parameters
+    ----------
+    vol : numpy.ndarray of float, shape (z, y, x)
+        The image (HU).
+    sp : sequence of 3 float
+        Voxel size (z, y, x) in mm.
+    mask, structures : numpy.ndarray of bool, shape (z, y, x)
+        The nodule as first segmented, and the dense structures attached to it.
+    seed : tuple of int
+        The seed voxel (z, y, x).
+    r_in, P, inplane : float
+        The seed's distance to the background (mm), the lung level (HU) and
+        the in-plane voxel size (mm).
+
+    Returns
+    -------
+    numpy.ndarray of float or None
+        The excess (HU, shape of ``vol``); None without a straight vessel
+        or when a vessel's profile cannot be read from its axis to 2 mm
+        beyond its radius.
+    """
+    spv = np.asarray(sp, float)
+    tubes = _tube_axes(structures | mask, seed, r_in, spv, inplane)
+    if not tubes:
+        return None
+    d_mask = _distance_to(mask, spv).ravel()
+    idx = np.indices(vol.shape).reshape(3, -1).T
+    pos = idx * spv
+    flat_vol = np.asarray(vol, float).ravel()
+    excess = np.zeros(flat_vol.shape, float)
+    for mu, u, r_t, s0, s1 in tubes:
+        s_all = (pos - mu) @ u
+        rho = np.linalg.norm(pos - mu - np.outer(s_all, u), axis=1)
+        reach = r_t + 4.0
+        along = (s_all >= s0) & (s_all <= s1) & (rho <= reach)
+        away = along & (d_mask > 3.0)
+        edges = np.arange(0.0, reach + 1e-9, 0.2)
+        k = np.digitize(rho[away], edges) - 1
+        vals = flat_vol[away]
+        prof = np.full(edges.size - 1, np.nan)
+        for i in range(edges.size - 1):
+            v = vals[k == i]
+            if v.size >= 8:
+                prof[i] = float(np.median(v))
+        ok = np.isfinite(prof)
+        centres = 0.5 * (edges[:-1] + edges[1:])
+        if not (ok.any() and centres[ok].min() < 0.5 * r_t and centres[ok].max() > r_t + 2.0):
+            return None
+        ex = np.minimum.accumulate(np.clip(prof[ok] - P, 0.0, None))
+        ex[-1] = 0.0
+        ii = np.flatnonzero(along)
+        excess[ii] = np.maximum(excess[ii], np.interp(rho[ii], centres[ok], ex, left=ex[0], right=0.0))
+    return excess.reshape(vol.shape)
+
+
+def _without_vessels(vol, sp, seed, nodule_type, lung, mask, attached, P, r_in, inplane, leak, *,
+                     refine_seed, in_structure, level=None):
+    """The segmentation of a nodule beside straight vessels with their blurred excess subtracted, or None.
+
+    A vessel beside a nodule adds its blurred flank to the image around
+    the contact, where the partial-volume step (step 9) splits the space by
+    distance and so counts part of that flank as nodule, and takes away
+    with the vessel the nodule's own flank on that side; the two do not
+    cancel, and they differ between T1 and T2 (drawn benchmark scenes, 4-6
+    mm solid nodules beside 1-1.5 mm-radius vessels: volume ratio error
+    p90 10 %). The vessels' excess (:func:`_vessel_excess`) is subtracted
+    and the nodule segmented again as an isolated one; the result keeps the
+    location ``juxtavascular`` and the first pass's ``segmentation_leak``
+    (the vessel was taken out by a model, the first boundary was a guess).
+    None when no vessel is straight enough to be modelled, the second
+    segmentation fails, or it is a leak where the first was not.
+    """
+    if not attached.any():
+        return None
+    excess = _vessel_excess(vol, sp, mask, attached, seed, r_in, P, inplane)
+    if excess is None:
+        return None
+    try:
+        seg = _segment(vol - excess, np.asarray(sp, float), seed, lung, nodule_type, refine_seed=refine_seed,
+                       in_structure=in_structure, level=level, vessel_subtracted=True)
+    except SegmentationError:
+        return None
+    if "segmentation_leak" in seg.flags and not leak:
+        return None
+    flags = tuple(dict.fromkeys(seg.flags + (("segmentation_leak",) if leak else ())))
+    return Segmentation(mask=seg.mask, nodule_type=seg.nodule_type, location="juxtavascular",
                         solid_mask=seg.solid_mask, threshold_hu=seg.threshold_hu, flags=flags,
                         seed_zyx=seg.seed_zyx, parenchyma_hu=seg.parenchyma_hu, core_hu=seg.core_hu,
                         solid_threshold_hu=seg.solid_threshold_hu, tissue_hu=seg.tissue_hu,
@@ -1971,6 +2105,51 @@ def _blurred_ball_level(sm, region, mask, p_loc, g_band, sp, deepest=None, smoot
     return level
 
 
+def _tube_axes(comp: np.ndarray, seed, r_in: float, sp, inplane: float) -> list:
+    r"""Straight tubes in ``comp`` that run past the nodule at ``seed``: list of ``(p, u, r_t, s_0, s_1)``.
+
+    ``p`` is a point of the axis and ``u`` its unit direction (mm, ``(z, y,
+    x)`` from the array's origin), ``r_t`` the radius (mm) and ``[s_0,
+    s_1]`` the stretch of the axis (mm from ``p`` along ``u``) its supporting
+    voxels span. See :func:`_straight_vessels` for how they are found.
+    """
+    idx = np.argwhere(comp)
+    sp = np.asarray(sp, float)
+    pts = idx * sp
+    c = np.asarray(seed, float) * sp
+    dist = np.linalg.norm(pts - c, axis=1)
+    r_far = 2.0 * r_in + 2.0
+    far = np.zeros(comp.shape, bool)
+    far[tuple(idx[(dist > r_far) & (dist <= r_far + _TUBE_WINDOW_MM)].T)] = True
+    lab, n = ndimage.label(far, structure=np.ones((3, 3, 3), bool))
+    at = lab[tuple(idx.T)]
+    pieces = [q for q in (pts[at == k] for k in range(1, n + 1)) if len(q) >= 8]
+    vox = float(np.prod(sp))
+    tubes, taken = [], set()
+    # pairs first: a vessel passing close by leaves a piece on each side, and
+    # each piece alone is one-sided
+    cands = [(i, j) for i in range(len(pieces)) for j in range(i + 1, len(pieces))] + \
+            [(i,) for i in range(len(pieces))]
+    for cand in cands:
+        if taken & set(cand):
+            continue
+        q = np.concatenate([pieces[i] for i in cand])
+        mu = q.mean(axis=0)
+        u = np.linalg.svd(q - mu, full_matrices=False)[2][0]
+        s_q = (q - mu) @ u
+        rho = np.linalg.norm(q - mu - np.outer(s_q, u), axis=1)
+        length = sum(float(np.ptp((pieces[i] - mu) @ u)) + inplane for i in cand)
+        r_t = math.sqrt(len(q) * vox / length / math.pi)
+        s_c = float((c - mu) @ u)
+        d_line = float(np.linalg.norm(c - mu - s_c * u))
+        if np.quantile(rho, 0.95) > r_t + inplane or not (s_q.min() < s_c - r_t and s_q.max() > s_c + r_t) \
+                or d_line - r_t < 0.5 * r_in:
+            continue
+        tubes.append((mu, u, r_t, float(s_q.min()), float(s_q.max())))
+        taken |= set(cand)
+    return tubes
+
+
 def _straight_vessels(comp: np.ndarray, seed, r_in: float, sp, inplane: float) -> np.ndarray:
     r"""Voxels of the grown region ``comp`` in straight vessels that pass the nodule (bool, same shape).
 
@@ -2014,43 +2193,13 @@ def _straight_vessels(comp: np.ndarray, seed, r_in: float, sp, inplane: float) -
     (True, True)
     """
     idx = np.argwhere(comp)
-    sp = np.asarray(sp, float)
-    pts = idx * sp
-    c = np.asarray(seed, float) * sp
-    dist = np.linalg.norm(pts - c, axis=1)
-    r_far = 2.0 * r_in + 2.0
-    far = np.zeros(comp.shape, bool)
-    far[tuple(idx[(dist > r_far) & (dist <= r_far + _TUBE_WINDOW_MM)].T)] = True
-    lab, n = ndimage.label(far, structure=np.ones((3, 3, 3), bool))
-    at = lab[tuple(idx.T)]
-    pieces = [q for q in (pts[at == k] for k in range(1, n + 1)) if len(q) >= 8]
+    pts = idx * np.asarray(sp, float)
     out = np.zeros(comp.shape, bool)
-    vox = float(np.prod(sp))
-    taken: set[int] = set()
-    # pairs first: a vessel passing close by leaves a piece on each side, and
-    # each piece alone is one-sided
-    cands = [(i, j) for i in range(len(pieces)) for j in range(i + 1, len(pieces))] + \
-            [(i,) for i in range(len(pieces))]
-    for cand in cands:
-        if taken & set(cand):
-            continue
-        q = np.concatenate([pieces[i] for i in cand])
-        mu = q.mean(axis=0)
-        u = np.linalg.svd(q - mu, full_matrices=False)[2][0]
-        s_q = (q - mu) @ u
-        rho = np.linalg.norm(q - mu - np.outer(s_q, u), axis=1)
-        length = sum(float(np.ptp((pieces[i] - mu) @ u)) + inplane for i in cand)
-        r_t = math.sqrt(len(q) * vox / length / math.pi)
-        s_c = float((c - mu) @ u)
-        d_line = float(np.linalg.norm(c - mu - s_c * u))
-        if np.quantile(rho, 0.95) > r_t + inplane or not (s_q.min() < s_c - r_t and s_q.max() > s_c + r_t) \
-                or d_line - r_t < 0.5 * r_in:
-            continue
+    for mu, u, r_t, s0, s1 in _tube_axes(comp, seed, r_in, sp, inplane):
         s_all = (pts - mu) @ u
         rho_all = np.linalg.norm(pts - mu - np.outer(s_all, u), axis=1)
-        sel = (rho_all <= r_t + 0.5 * inplane) & (s_all >= s_q.min()) & (s_all <= s_q.max())
+        sel = (rho_all <= r_t + 0.5 * inplane) & (s_all >= s0) & (s_all <= s1)
         out[tuple(idx[sel].T)] = True
-        taken |= set(cand)
     return out
 
 

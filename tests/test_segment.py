@@ -19,8 +19,8 @@ from scipy import ndimage
 from nodulegrowth.errors import NoduleGrowthError, SegmentationError
 from nodulegrowth.measure import measure_nodule, volume_mm3
 from nodulegrowth.segment import (Segmentation, _blurred_ball_level, _blurred_ball_profile, _straight_vessels,
-                                  _trim_vessel_stubs, _vessel_near, _wall_flank_excess, joint_nodule_type,
-                                  segment_nodule)
+                                  _trim_vessel_stubs, _vessel_excess, _vessel_near, _wall_flank_excess,
+                                  joint_nodule_type, segment_nodule)
 
 SPACINGS = [(1.0, 0.7, 0.7), (2.5, 0.8, 0.8), (0.6, 0.5, 0.5)]
 LUNG = -850.0
@@ -309,6 +309,50 @@ def test_straight_vessels_leaves_what_is_not_a_straight_tube_passing_by(shape):
     assert not _straight_vessels(ball | other, seed, 1.9, sp, 0.7).any()
 
 
+@pytest.mark.parametrize("kind, r, rv, tol", [("solid", 3.0, 1.1, 0.01), ("ground_glass", 3.0, 1.1, 0.03),
+                                            ("ground_glass", 4.0, 1.2, 0.03)])
+def test_nodule_beside_a_vessel_is_measured_with_the_vessels_flank_subtracted(kind, r, rv, tol):
+    # the partial-volume step splits the space round the contact by
+    # distance: part of the vessel's blurred flank is counted, and the
+    # nodule's own flank on that side is lost with the vessel. Mean error
+    # over three noise draws and two sizes (x1, x1.15) before the vessel's
+    # excess was subtracted: solid 3 mm -1.5 %, ground glass 3 / 4 mm -5.2 /
+    # -7.3 %; after: -0.1, -2.1, -0.6 %.
+    sp = (1.0, 0.7, 0.7)
+    errs = []
+    for noise_seed in (1, 2, 3):
+        for scale in (1.0, 1.15):
+            R = r * scale
+            vessel = (cylinder(rv, (0.0, 0.0, R + rv - 0.3), (0.3, 1.0, 0.2)), SOLID + 10.0)
+            img, c = render([vessel, (ball(R), SOLID if kind == "solid" else GGO)], sp, size_mm=36.0,
+                            seed=noise_seed + int(10 * scale))
+            seg = segment_nodule(img, sp, c)
+            assert seg.location == "juxtavascular" and seg.nodule_type == kind
+            errs.append(volume_mm3(seg.mask, sp) / (4 / 3 * math.pi * R ** 3) - 1)
+    assert abs(np.mean(errs)) < tol, f"mean {100 * np.mean(errs):+.1f} %, each {np.round(100 * np.array(errs), 1)}"
+
+
+def test_vessel_excess_is_the_vessels_own_image():
+    # a vessel alone, with a nodule's mask imagined beside it: the excess
+    # read away from the "nodule" and laid along the vessel leaves the
+    # lung level behind, right where the nodule would be too
+    sp = np.array([1.0, 0.7, 0.7])
+    r, rv = 2.5, 1.1
+    vessel = cylinder(rv, (0.0, 0.0, r + rv - 0.3), (0.3, 1.0, 0.2))
+    img, c = render([(vessel, SOLID + 10.0)], sp, size_mm=36.0, seed=5)
+    seed = tuple(int(round(v)) for v in c)
+    z, y, x = (np.indices(img.shape) - np.asarray(c)[:, None, None, None]) * sp[:, None, None, None]
+    mask = z ** 2 + y ** 2 + x ** 2 <= r * r
+    # a thin oblique vessel's blurred peak is about -130 HU here: a quarter of its contrast
+    dense = ndimage.gaussian_filter(img, 0.5) >= LUNG + 0.25 * (SOLID + 10.0 - LUNG)
+    excess = _vessel_excess(img, sp, mask, dense & ~mask, seed, r, LUNG, 0.7)
+    assert excess is not None
+    near = ndimage.binary_dilation(mask, iterations=4) & (excess > 0)  # the vessel beside the mask
+    left = img[near] - excess[near] - LUNG
+    # 15 HU noise; the vessel's contrast is 890 HU
+    assert abs(float(np.median(left))) < 10.0 and float(np.percentile(np.abs(left), 95)) < 100.0
+
+
 def _oblique_ellipsoid_on_thick_vessel(noise_seed):
     """A 5.7 mm solid ellipsoid touching a 1.18 mm-radius vessel (geometry of a
     case drawn from the benchmark's scene generator), 1 mm slices."""
@@ -348,11 +392,11 @@ def test_partial_volume_regrowth_reopens_with_the_ball_the_separation_needed(noi
         f"{100 * err:+.0f} %, long axis {m.long_axis_mm:.2f} mm (true {long_true:.2f}), flags {seg.flags}"
 
 
-@pytest.mark.xfail(strict=True, reason="known silent leak, not fixed yet (see README, Status)")
-def test_small_ground_glass_nodule_on_a_faint_vessel_known_silent_leak():
+def test_small_ground_glass_nodule_on_a_faint_vessel_is_not_silently_inflated():
     # a 0.7 mm-radius solid vessel blurred to about -560 HU next to a -600 HU
     # nodule is ground glass to the region growing, and at that threshold
-    # thicker than the opening ball: +74 %
+    # thicker than the opening ball: +74 %, unflagged (a known silent leak,
+    # xfail, until the vessel's blurred excess was subtracted: +3 %)
     seg, sp = segment_nodule_on_vessel(2.35, 0.7, GGO)
     err = volume_mm3(seg.mask, sp) / (4 / 3 * math.pi * 2.35 ** 3) - 1
     assert abs(err) < 0.3 or "segmentation_leak" in seg.flags, f"{100 * err:+.0f} %, flags {seg.flags}"
