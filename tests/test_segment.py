@@ -353,6 +353,29 @@ def test_vessel_excess_is_the_vessels_own_image():
     assert abs(float(np.median(left))) < 10.0 and float(np.percentile(np.abs(left), 95)) < 100.0
 
 
+@pytest.mark.parametrize("grow_mm, kept", [(0.7, True), (3.0, False)])
+def test_vessel_subtraction_is_refused_when_the_nodule_grows_beyond_its_own_flank(monkeypatch, grow_mm, kept):
+    # with the vessel's excess subtracted the nodule gets back its own flank
+    # on the vessel's side, within about a millimetre; a second mask reaching
+    # further has taken in the vessel's residue (4-6 mm ground glass on 1 mm
+    # pixels: +30 to +88 % unflagged) and the first segmentation is kept
+    import nodulegrowth.segment as seg_mod
+
+    sp = np.array([0.7, 0.7, 0.7])
+    z, y, x = (np.indices((40, 40, 40)) - 19.5) * 0.7
+    first = z ** 2 + y ** 2 + x ** 2 <= 2.5 ** 2
+    second = first | ((z ** 2 + x ** 2 <= 1.5 ** 2) & (y > 0) & (y <= 2.5 + grow_mm))  # a finger along y
+    monkeypatch.setattr(seg_mod, "_vessel_excess", lambda *a, **k: np.zeros(first.shape))
+    monkeypatch.setattr(seg_mod, "_segment", lambda *a, **k: Segmentation(
+        mask=second, nodule_type="solid", location="isolated", solid_mask=None, threshold_hu=-400.0, flags=(),
+        seed_zyx=(20, 20, 20), parenchyma_hu=-850.0, core_hu=0.0, solid_threshold_hu=math.nan))
+    out = seg_mod._without_vessels(np.zeros(first.shape), sp, (20, 20, 20), None, None, first, first.copy(),
+                                   -850.0, 2.5, 0.7, False, refine_seed=True, in_structure=False)
+    assert (out is not None) == kept
+    if kept:
+        assert out.location == "juxtavascular"
+
+
 def _oblique_ellipsoid_on_thick_vessel(noise_seed):
     """A 5.7 mm solid ellipsoid touching a 1.18 mm-radius vessel (geometry of a
     case drawn from the benchmark's scene generator), 1 mm slices."""
