@@ -148,7 +148,9 @@ surrounding lung. Every threshold is derived from the image itself:
     the vessel away from the nodule as a function of the distance to its
     axis, subtracted, and the nodule is segmented again as an isolated one
     (:func:`_without_vessels`); it stays ``juxtavascular`` and keeps a
-    ``segmentation_leak`` flag of the first pass.
+    ``segmentation_leak`` flag of the first pass. The first segmentation is
+    kept when the second reaches well beyond it (more than a tenth of its
+    volume farther than max(1 mm, one pixel)): the vessel's residue.
 
 QC flags (for the contract's ``qc_flags``): ``touches_pleura`` (the mask
 touches the chest wall), ``touches_roi_border``, ``segmentation_leak`` (the mask
