@@ -696,7 +696,10 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool, in_structu
     (the alternatives to the refined seed) requires the seed's core to stand
     3 SDs of the raw noise above the lung as well: a click 1 mm outside a
     solid nodule reads its blurred edge, which is not a structure of its own;
-    ``level`` is the forced tissue level of step 9 (``tissue_hu``)."""
+    ``level`` is the forced tissue level of step 9 (``tissue_hu``);
+    ``wall_subtracted`` / ``vessel_subtracted`` mark the second pass on an
+    image with the wall's / vessels' flank subtracted (steps 11 and 12 are
+    not taken again)."""
     flags: list[str] = []
     inplane = float(min(sp[1], sp[2]))
     # the leak retest, the clear-rim rule and the vessel steps hold only there
