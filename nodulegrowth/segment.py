@@ -184,7 +184,7 @@ References
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import ndimage
@@ -1218,6 +1218,21 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool, in_structu
     )
 
 
+def _binned_median(x: np.ndarray, values: np.ndarray, edges: np.ndarray, min_count: int) -> np.ndarray:
+    """Median of ``values`` in each bin ``[edges[i], edges[i + 1])`` of ``x``; NaN where fewer than ``min_count``.
+
+    The excess profiles of the chest wall (by signed distance to its surface)
+    and of a vessel (by distance to its axis) are read this way.
+    """
+    k = np.digitize(x, edges) - 1
+    prof = np.full(edges.size - 1, np.nan)
+    for i in range(edges.size - 1):
+        v = values[k == i]
+        if v.size >= min_count:
+            prof[i] = float(np.median(v))
+    return prof
+
+
 def _wall_flank_excess(vol, sm, sp, wall, mask, P):
     r"""The chest wall's share of the image near a nodule (HU above the lung), or None.
 
@@ -1316,13 +1331,7 @@ def _wall_flank_excess(vol, sm, sp, wall, mask, P):
         d = -d
     edges = np.arange(-3.0, 4.0 + 1e-9, 0.1)
     sel = (d_mask[tuple(idx.T)] > 4.0) & (d >= edges[0]) & (d < edges[-1])
-    k = np.digitize(d[sel], edges) - 1
-    vals = vol[tuple(idx[sel].T)]
-    prof = np.full(edges.size - 1, np.nan)
-    for i in range(edges.size - 1):
-        v = vals[k == i]
-        if v.size >= 20:
-            prof[i] = float(np.median(v))
+    prof = _binned_median(d[sel], vol[tuple(idx[sel].T)], edges, min_count=20)
     ok = np.isfinite(prof)
     centres = 0.5 * (edges[:-1] + edges[1:])
     if not (ok.any() and centres[ok].min() < -1.0 and centres[ok].max() > 2.0):
@@ -1372,11 +1381,7 @@ def _without_wall_flank(vol, sm, sp, seed, ntype, mask, wall, P, leak, *, refine
     # the contrast is the first pass's (read against the lung itself)
     flags = tuple(dict.fromkeys(("touches_pleura",) + tuple(f for f in seg.flags if f != "low_contrast_nodule")
                                 + (("low_contrast_nodule",) if low_contrast else ())))
-    return Segmentation(mask=seg.mask, nodule_type=seg.nodule_type, location="juxtapleural",
-                        solid_mask=seg.solid_mask, threshold_hu=seg.threshold_hu, flags=flags,
-                        seed_zyx=seg.seed_zyx, parenchyma_hu=seg.parenchyma_hu, core_hu=seg.core_hu,
-                        solid_threshold_hu=seg.solid_threshold_hu, tissue_hu=seg.tissue_hu,
-                        tissue_level_source=seg.tissue_level_source)
+    return replace(seg, location="juxtapleural", flags=flags)
 
 
 def _vessel_excess(vol, sp, mask, structures, seed, r_in, P, inplane):
@@ -1434,13 +1439,7 @@ def _vessel_excess(vol, sp, mask, structures, seed, r_in, P, inplane):
         along = (s_all >= s0) & (s_all <= s1) & (rho <= reach)
         away = along & (d_mask > 3.0)
         edges = np.arange(0.0, reach + 1e-9, 0.2)
-        k = np.digitize(rho[away], edges) - 1
-        vals = flat_vol[away]
-        prof = np.full(edges.size - 1, np.nan)
-        for i in range(edges.size - 1):
-            v = vals[k == i]
-            if v.size >= 8:
-                prof[i] = float(np.median(v))
+        prof = _binned_median(rho[away], flat_vol[away], edges, min_count=8)
         ok = np.isfinite(prof)
         centres = 0.5 * (edges[:-1] + edges[1:])
         if not (ok.any() and centres[ok].min() < 0.5 * r_t and centres[ok].max() > r_t + 2.0):
@@ -1492,11 +1491,7 @@ def _without_vessels(vol, sp, seed, nodule_type, lung, mask, attached, P, r_in, 
     if beyond.sum() > 0.1 * mask.sum():
         return None
     flags = tuple(dict.fromkeys(seg.flags + (("segmentation_leak",) if leak else ())))
-    return Segmentation(mask=seg.mask, nodule_type=seg.nodule_type, location="juxtavascular",
-                        solid_mask=seg.solid_mask, threshold_hu=seg.threshold_hu, flags=flags,
-                        seed_zyx=seg.seed_zyx, parenchyma_hu=seg.parenchyma_hu, core_hu=seg.core_hu,
-                        solid_threshold_hu=seg.solid_threshold_hu, tissue_hu=seg.tissue_hu,
-                        tissue_level_source=seg.tissue_level_source)
+    return replace(seg, location="juxtavascular", flags=flags)
 
 
 def _seed_around_lucency(vol: np.ndarray, sp: np.ndarray, seed0, lung, max_radius_mm: float = 12.0):
