@@ -250,12 +250,12 @@ def test_share_tissue_level_redoes_the_smaller_nodule_at_the_larger_ones_level(v
     calls = []
 
     def redo(which):
-        return lambda t, lv: calls.append((which, t, lv)) or _leveled(123.0, lv)
+        return lambda t, lv: calls.append((which, t, lv)) or _leveled(93.0, lv)
 
     r1, r2, flags = cohort.share_tissue_level(_leveled(v1, -640.0), _leveled(v2, -610.0),
                                               {"T1": redo("T1"), "T2": redo("T2")})
     assert calls == [(redone, "ground_glass", level)]
-    assert (r1 if redone == "T1" else r2)[1].volume_mm3 == 123.0
+    assert (r1 if redone == "T1" else r2)[1].volume_mm3 == 93.0
     assert (r2 if redone == "T1" else r1)[1].volume_mm3 == (v2 if redone == "T1" else v1)
     assert r1[0].tissue_hu == r2[0].tissue_hu == level
     assert flags == []
@@ -293,5 +293,16 @@ def test_share_tissue_level_keeps_the_first_when_the_redone_one_leaks_and_keeps_
     assert cohort.share_tissue_level(a, b, leaky) == (a, b, [])
     # a forced type raises no tissue_level_uncertain: the first segmentation's doubt stays
     a = _leveled(100.0, -640.0, flags=["tissue_level_uncertain"])
-    r1, _, _ = cohort.share_tissue_level(a, b, {"T1": lambda t, lv: _leveled(120.0, lv), "T2": None})
-    assert r1[1].volume_mm3 == 120.0 and "tissue_level_uncertain" in r1[0].flags
+    r1, _, _ = cohort.share_tissue_level(a, b, {"T1": lambda t, lv: _leveled(90.0, lv), "T2": None})
+    assert r1[1].volume_mm3 == 90.0 and "tissue_level_uncertain" in r1[0].flags
+
+
+@pytest.mark.parametrize("redone, kept", [(87.5, True), (60.0, True), (130.0, True), (57.0, False), (133.0, False),
+                                          (400.0, False)])
+def test_share_tissue_level_keeps_the_first_when_the_redone_one_is_not_the_first_rescaled(redone, kept):
+    # T1's 100 mm3 at -640 HU in lung of -850 HU, rescaled to T2's -610 HU:
+    # 100 * 210 / 240 = 87.5 mm3; kept within a factor 1.5 of that
+    a, b = _leveled(100.0, -640.0), _leveled(150.0, -610.0)
+    r1, r2, flags = cohort.share_tissue_level(a, b, {"T1": lambda t, lv: _leveled(redone, lv), "T2": None})
+    assert cohort.LEVEL_RESCALE_TOLERANCE == 1.5
+    assert r1[1].volume_mm3 == (redone if kept else 100.0) and r2 is b and flags == []
