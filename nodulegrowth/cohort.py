@@ -663,7 +663,8 @@ def share_tissue_level(result1, result2, redo, tolerance: float = TISSUE_LEVEL_T
     (-65 and -51 %), shrinking to 0.70 of its volume; at T1's higher level
     the segmentation of T2 started again from the click and grew into the
     ground-glass rim (2.6 times the rescaled volume, -8 %), and the volume
-    ratio read 1.85 (0.99 with the first T2 kept).
+    ratio read 1.85 (0.99 with the first T2 kept). With this rule the four
+    samples rerun give that pair as the only one changed.
 
     A nodule whose attenuation really changed by less than ``tolerance``
     of its contrast (a ground-glass nodule turning denser) is so measured

@@ -1433,8 +1433,7 @@ def _vessel_excess(vol, sp, mask, structures, seed, r_in, P, inplane):
     flat_vol = np.asarray(vol, float).ravel()
     excess = np.zeros(flat_vol.shape, float)
     for mu, u, r_t, s0, s1 in tubes:
-        s_all = (pos - mu) @ u
-        rho = np.linalg.norm(pos - mu - np.outer(s_all, u), axis=1)
+        s_all, rho = _axis_coords(pos, mu, u)
         reach = r_t + 4.0
         along = (s_all >= s0) & (s_all <= s1) & (rho <= reach)
         away = along & (d_mask > 3.0)
@@ -2115,6 +2114,15 @@ def _blurred_ball_level(sm, region, mask, p_loc, g_band, sp, deepest=None, smoot
     return level
 
 
+def _axis_coords(pts: np.ndarray, p: np.ndarray, u: np.ndarray):
+    """Position along a line and distance to it (mm) of points ``pts`` (n, 3; mm): ``(s, rho)``.
+
+    The line passes through ``p`` with unit direction ``u`` (mm, ``(z, y, x)``).
+    """
+    s = (pts - p) @ u
+    return s, np.linalg.norm(pts - p - np.outer(s, u), axis=1)
+
+
 def _tube_axes(comp: np.ndarray, seed, r_in: float, sp, inplane: float) -> list:
     r"""Straight tubes in ``comp`` that run past the nodule at ``seed``: list of ``(p, u, r_t, s_0, s_1)``.
 
@@ -2146,8 +2154,7 @@ def _tube_axes(comp: np.ndarray, seed, r_in: float, sp, inplane: float) -> list:
         q = np.concatenate([pieces[i] for i in cand])
         mu = q.mean(axis=0)
         u = np.linalg.svd(q - mu, full_matrices=False)[2][0]
-        s_q = (q - mu) @ u
-        rho = np.linalg.norm(q - mu - np.outer(s_q, u), axis=1)
+        s_q, rho = _axis_coords(q, mu, u)
         length = sum(float(np.ptp((pieces[i] - mu) @ u)) + inplane for i in cand)
         r_t = math.sqrt(len(q) * vox / length / math.pi)
         s_c = float((c - mu) @ u)
@@ -2206,8 +2213,7 @@ def _straight_vessels(comp: np.ndarray, seed, r_in: float, sp, inplane: float) -
     pts = idx * np.asarray(sp, float)
     out = np.zeros(comp.shape, bool)
     for mu, u, r_t, s0, s1 in _tube_axes(comp, seed, r_in, sp, inplane):
-        s_all = (pts - mu) @ u
-        rho_all = np.linalg.norm(pts - mu - np.outer(s_all, u), axis=1)
+        s_all, rho_all = _axis_coords(pts, mu, u)
         sel = (rho_all <= r_t + 0.5 * inplane) & (s_all >= s0) & (s_all <= s1)
         out[tuple(idx[sel].T)] = True
     return out
