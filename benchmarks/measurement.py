@@ -292,11 +292,13 @@ def _measure_pair(row: dict, scans) -> dict:
             loc_ok=s1.location == loc,
             leak_flag="segmentation_leak" in s1.flags,
             level_flag="tissue_level_uncertain" in s1.flags,
+            size_flag="thick_slices_for_size" in s1.flags,
             vol_err2_pct=100 * (m2.volume_mm3 / v2 - 1),
             mean_err2=m2.mean_diameter_mm - (l2 + sh2) / 2,
             type_ok2=s2.nodule_type == kind,
             leak_flag2="segmentation_leak" in s2.flags,
             level_flag2="tissue_level_uncertain" in s2.flags,
+            size_flag2="thick_slices_for_size" in s2.flags,
             # errors of the change itself: what the growth rules read
             mean_change_err=(m2.mean_diameter_mm - m1.mean_diameter_mm)
             - ((l2 + sh2) / 2 - (l1 + sh1) / 2),
@@ -395,6 +397,28 @@ def _noise_floor(thin: pd.DataFrame) -> dict:
         for k in G.CRITERIA:
             hits[k].append(agree[k] / len(pool))
     return {k: 100 * float(np.mean(v)) if v else float("nan") for k, v in hits.items()}
+
+
+def _size_flag_summary(ok: pd.DataFrame) -> str:
+    """Where ``thick_slices_for_size`` falls on the 2.5-5 mm scans (T1 and T2): how many carry it,
+    the median |volume error| with and without it, and how many of the scans over-segmented by
+    more than 50 % without a leak flag it names."""
+    thick = ok[ok["thickness"] > 1.25]
+    err = np.r_[thick["vol_err_pct"], thick["vol_err2_pct"]]
+    flag = np.r_[_scan_flag(thick, "size_flag"), _scan_flag(thick, "size_flag2")]
+    leak = np.r_[thick["leak_flag"].eq(True), thick["leak_flag2"].eq(True)]
+    silent = (err > 50) & ~leak
+
+    def med(sel):
+        return f"{np.median(np.abs(err[sel])):.1f} %" if sel.any() else "-"
+    return (f"thick_slices_for_size, 2.5-5 mm scans: {int(flag.sum())} of {len(err)} (median |volume error| "
+            f"{med(flag)}; without the flag {med(~flag)}); over +50 % without a leak flag {int(silent.sum())}, "
+            f"{int((silent & flag).sum())} of them with this flag")
+
+
+def _scan_flag(d: pd.DataFrame, col: str) -> np.ndarray:
+    """Boolean column ``col`` (False where a run before it lacks the column)."""
+    return d[col].eq(True).to_numpy() if col in d else np.zeros(len(d), bool)
 
 
 def _level_flag_summary(thin: pd.DataFrame) -> str:
@@ -641,7 +665,8 @@ def main(argv=None):
             sys.exit(f"--from-csv {args.from_csv}: no such file; pass the *_accuracy.csv an earlier run wrote")
         acc = pd.read_csv(args.from_csv, keep_default_na=False, na_values=[""])
         acc["failed"] = acc["failed"].fillna("")
-        for c in ("type_ok", "loc_ok", "leak_flag", "type_ok2", "leak_flag2", "level_flag", "level_flag2") \
+        for c in ("type_ok", "loc_ok", "leak_flag", "type_ok2", "leak_flag2", "level_flag", "level_flag2",
+                  "size_flag", "size_flag2") \
                 + tuple(f"agree_{k}" for k in G.CRITERIA):
             if c in acc:  # runs before the T2 columns lack some
                 acc[c] = acc[c].astype(str) == "True"
@@ -704,6 +729,8 @@ def main(argv=None):
             print("growth agreement the noise of clean pairs allows (thin; each pair re-measured with the change "
                   "errors of the clean pairs of its type and size band): "
                   + ", ".join(f"{k} {v:.1f} %" for k, v in floor.items()))
+        if (ok["thickness"] > 1.25).any() and "vol_err2_pct" in ok:
+            print(_size_flag_summary(ok))
         print(f"failed cases: {(acc['failed'] != '').sum()} of {len(acc)}")
         for f in acc.loc[acc["failed"] != "", "failed"].head(5):
             print("  ", f)

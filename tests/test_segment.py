@@ -105,6 +105,20 @@ def test_solid_sphere_volume_and_type(spacing, radius):
     assert LUNG < seg.threshold_hu < SOLID
 
 
+@pytest.mark.parametrize("radius, spacing, flagged", [
+    (2.5, (1.0, 0.7, 0.7), False), (2.75, (2.5, 0.7, 0.7), False), (2.5, (5.0, 0.7, 0.7), True),
+    (5.5, (5.0, 0.7, 0.7), False), (2.0, (2.5, 0.7, 0.7), True), (2.0, (2.5, 1.0, 1.0), True),
+])
+def test_a_nodule_under_two_slice_thicknesses_across_is_flagged(radius, spacing, flagged):
+    # the flag follows the mask's volume-equivalent diameter against twice the
+    # slice thickness (5 and 11 mm balls on 5 mm slices, 4 and 5.5 mm on 2.5 mm)
+    img, c = render([(ball(radius), SOLID)], spacing, size_mm=36.0, offset=(0.3, 0.1, -0.2), seed=5)
+    seg = segment_nodule(img, spacing, c)
+    d_eq = 2 * (3 * volume_mm3(seg.mask, spacing) / (4 * math.pi)) ** (1 / 3)
+    assert (d_eq < 2 * spacing[0]) == flagged  # the phantom is on the side of the bound it is meant to be
+    assert ("thick_slices_for_size" in seg.flags) == flagged
+
+
 @pytest.mark.parametrize("spacing", [(1.0, 0.7, 0.7), (2.5, 0.8, 0.8)])
 def test_ellipsoid_axes(spacing):
     a, b, cz = 6.0, 4.0, 4.5
