@@ -1160,12 +1160,13 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool, in_structu
     # A nodule less than two slice thicknesses across stands on one to three
     # slices, each averaging nodule and lung along z: its volume and
     # diameters rest on that partial volume (and on slices over twice the
-    # pixel size the leak tests, their balls unresolved along z, are off). On the benchmark's 2.5 and 5 mm slices
-    # (four samples, 854 scans) such scans measured a median |volume error|
-    # of 20.5 % (p90 74 %, 42 % of them beyond 25 %; 225 scans), the others
-    # 1.0 % (p90 18.5 %); 34 of the 48 scans over +50 % without a leak flag
-    # were among them. The Fleischner Society asks for thin sections to
-    # measure nodules (reference [3] of the module notes).
+    # pixel size the leak tests, their balls unresolved along z, are off).
+    # On the benchmark's 2.5 and 5 mm slices (three samples, 854 scans)
+    # such scans measured a median |volume error| of 20.5 % (p90 74 %, 42 %
+    # of them beyond 25 %; 225 scans), the others 1.0 % (p90 18.5 %); 34 of
+    # the 48 scans over +50 % without a leak flag were among them. The
+    # Fleischner Society asks for thin sections to measure nodules
+    # (reference [3] of the module notes).
     if 2.0 * _equivalent_radius(mask, sp) < _MIN_SLICES_ACROSS * float(sp[0]):
         flags.append("thick_slices_for_size")
     # The blurred-ball fit of a small nodule contradicts a uniform nodule of
