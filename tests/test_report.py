@@ -251,6 +251,15 @@ def test_informational_flags_do_not_make_a_row_flagged():
     assert summary_value(stats, "qc", "count", detail="nodule_type_from_both_time_points") == 1
 
 
+def test_a_nodule_too_small_for_its_slices_asks_for_a_look():
+    # its volume may be off by tens of per cent (segment, thick_slices_for_size)
+    df = make_table(3, failures=(), flagged=())
+    df.loc[1, "qc_flags"] = "thick_slices_for_size;interval_exceeds_12_months"
+    stats = cohort_statistics(load_measurements(df))
+    assert summary_value(stats, "cohort", "flagged") == 1
+    assert summary_value(stats, "qc", "count", detail="thick_slices_for_size") == 1
+
+
 def test_cohort_statistics_scanner_counts_per_scan():
     df = make_table(8)
     stats = cohort_statistics(load_measurements(df))
