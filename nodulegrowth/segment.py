@@ -263,6 +263,10 @@ _MIN_VESSEL_MM3 = 5.0
 # a nodule narrower than this many slice thicknesses (volume-equivalent
 # diameter) is flagged thick_slices_for_size; see _segment
 _MIN_SLICES_ACROSS = 2.0
+# an opening ball smaller than this many pixels (radius) is no ball on the
+# grid: no opening is made, and a structure beside such a nodule is kept out
+# by density alone (flagged segmentation_leak, see _segment)
+_MIN_OPENING_PIXELS = 0.75
 
 
 @dataclass(frozen=True)
@@ -804,7 +808,7 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool, in_structu
 
     def separate(comp: np.ndarray, r_in: float, factor: float) -> np.ndarray:
         r_o = factor * r_in
-        if r_o < 0.75 * inplane:
+        if r_o < _MIN_OPENING_PIXELS * inplane:
             return comp
         # a lucency inside the nodule (bubble, air bronchogram, cavity) is
         # part of it: filled first, the thin shell around it is not opened away
@@ -1091,7 +1095,7 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool, in_structu
             for f_o in balls:
                 grown = filled.copy()
                 r_o = f_o * r_in
-                if r_o >= 0.75 * inplane:
+                if r_o >= _MIN_OPENING_PIXELS * inplane:
                     opened = _opening(grown, r_o, sp)
                     if opened.any():
                         grown &= ndimage.binary_dilation(opened, _CONN6)
@@ -1147,10 +1151,10 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool, in_structu
                 # the blurred-ball fit; with it one such case is still +42 %,
                 # flagged by this test)
                 leak = True
-            elif factor * r_in < 0.75 * inplane:
+            elif factor * r_in < _MIN_OPENING_PIXELS * inplane:
                 # the nodule is too small on this grid for any opening (its
-                # ball under 0.75 pixel, see separate): nothing but density
-                # kept the structure out, and on coarse pixels its blurred
+                # ball under _MIN_OPENING_PIXELS, see separate): nothing but
+                # density kept the structure out, and on coarse pixels its blurred
                 # flank reaches the nodule's level. Benchmark, 1-1.25 mm
                 # slices: on 1.5 mm pixels 14 scans more flagged, 5 of them
                 # among the 11 over +50 % that carried no flag (ground-glass
