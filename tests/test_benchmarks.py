@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import sys
 from pathlib import Path
 
@@ -83,3 +84,21 @@ def test_accuracy_rows_do_not_depend_on_the_number_of_worker_processes():
     parallel = bench.accuracy(args[0], np.random.default_rng(5), *args[1:], jobs=2)
     assert len(serial) == 2 and (serial["failed"] == "").all()
     assert serial.equals(parallel)
+
+
+def test_growth_detection_scores_grew_against_the_rest_from_the_measured_rows():
+    bench = _load("measurement")
+    # 8 -> 9.6 mm doubling in 200 days grows under Lung-RADS (+1.6 mm) and
+    # NELSON, not Fleischner. Pair 0 is read right; pair 1 reads T2 0.2 mm
+    # small (+1.4 mm: a missed growth under Lung-RADS); pair 2 is a stable
+    # nodule (8 -> 8 mm, 100 -> 100 mm^3) read 2 mm larger at T2 and +100 %
+    # (a false growth under all three); pair 3 shrinks 8 -> 6 mm and is read so
+    # (shrank: the rest, right).
+    d = _pairs([0.0, -0.2, 2.0, 0.0], true_mean2=[9.6, 9.6, 8.0, 6.0], true_vol2=[200.0, 200.0, 100.0, 40.0],
+               mean_err=0.0, mean_err2=[0.0, -0.2, 2.0, 0.0], vol_err_pct=0.0,
+               vol_err2_pct=[0.0, 0.0, 100.0, 0.0])
+    det = bench._growth_detection(d)
+    assert det["lung_rads_2022"] == pytest.approx((50.0, 50.0, 50.0, 2, 2))
+    assert det["nelson"] == pytest.approx((100.0, 2 / 3 * 100, 75.0, 2, 3))
+    sens, prec, right, n_true, n_read = det["fleischner_2017"]
+    assert math.isnan(sens) and prec == 0.0 and right == 75.0 and (n_true, n_read) == (0, 1)
