@@ -410,7 +410,8 @@ def _growth_detection(d: pd.DataFrame) -> dict:
     three. Here each pair's measured category is rebuilt from its rows (measured mean diameter
     ``true_mean + mean_err``, volume ``true_vol * (1 + vol_err_pct / 100)``, T1 and T2) and only
     the question the criteria ask is scored. Returns ``{criterion: (sensitivity %, precision %,
-    agreement %, true grew, measured grew)}``; NaN where nothing grew.
+    agreement %, true grew, measured grew)}``; the sensitivity is NaN when no pair grew, the
+    precision when none was read as grown.
     """
     out = {}
     d1, d2 = d["true_mean1"] + d["mean_err"], d["true_mean2"] + d["mean_err2"]
