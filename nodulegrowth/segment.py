@@ -698,8 +698,9 @@ def segment_nodule(volume_hu, spacing_zyx, seed_zyx, *, lung_mask=None, nodule_t
     outside = "seed_outside_nodule" in seg.flags
     # (a leak only where the leak tests hold, slices up to twice the pixel
     # size: on 2.5-5 mm slices a click's segmentation without the flag is no
-    # evidence of a sound one, and two 4-8 mm nodules on 5 mm slices went
-    # from flagged leaks to +59 and +94 % without a flag)
+    # evidence of a sound one; without that limit here and in the vessel
+    # level of grow(), two 4-8 mm nodules on the default grid's 5 mm slices
+    # went from flagged leaks to +59 and +94 % without a flag)
     leaked = "segmentation_leak" in seg.flags and _near_isotropic(sp)
     if (outside or leaked) and seg.seed_zyx != seed0:
         # The refined seed is the densest voxel near the click. Beside the
@@ -822,10 +823,11 @@ def _segment(vol, sp, seed0, lung, nodule_type, *, refine_seed: bool, in_structu
             if far[seed] and vessel_level < solid_level and near_isotropic:
                 # the seed's own blob joins a far-reaching structure at that
                 # level: a faint nodule touching a vessel, its denser part
-                # blurred into the vessel's flank (before, the vessel was then
-                # not excluded at all). The lowest of five levels up to the
-                # solid level at which the two part is used instead. Only
-                # where the leak tests hold (slices up to twice the pixel size)
+                # blurred into the vessel's flank; the fallback below would
+                # then exclude no vessel at all. The lowest of five levels up
+                # to the solid level at which the two part is used instead.
+                # Only where the leak tests hold (slices up to twice the pixel
+                # size), see segment_nodule
                 for lv in np.linspace(vessel_level, solid_level, 6)[1:]:
                     far = _far_reaching_solid(sm_lung, float(lv), seed, sp, 2.0 * r_nod + 2.0,
                                               dilate=lv >= solid_level)
