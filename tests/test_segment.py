@@ -1193,11 +1193,11 @@ def test_ground_glass_with_vessel_does_not_follow_the_vessel(spacing):
 def test_faint_ground_glass_nodule_touching_a_vessel_is_grown_from_the_click(gg_hu, r, rv, noise_seed):
     # The densest voxel within 2 mm of a click 0.8 mm off the centre of a
     # faint 4.4-5 mm ground-glass nodule is in the vessel it touches. Grown
-    # from there the region was the vessel (+200 to +460 %, flagged) or, with
-    # the click's denser half joined to the vessel's flank at the vessel
-    # level, the nodule and the vessel (the vessel was then not excluded at
-    # all). Before: 8 of these 9 flagged segmentation_leak (+204 to +456 %
-    # on the vessel, or -24, -5, -3 %), one +9 % with the click outside it.
+    # from there the region was the vessel, or, with the click's denser half
+    # joined to the vessel's flank at the vessel level, the nodule and the
+    # vessel (no vessel was then excluded). Before: 8 of these 9 flagged
+    # segmentation_leak (+204 to +456 % on the vessel, or -24, -5, -3 %),
+    # one +9 % with the click outside it.
     sp = (1.25, 0.7, 0.7)
     vessel = (cylinder(rv, (0.0, 0.0, r + rv - 0.3), (0.3, 1.0, 0.2)), SOLID + 10.0)
     img, c = render([vessel, (ball(r), gg_hu)], sp, size_mm=36.0, seed=noise_seed)
