@@ -81,7 +81,7 @@ _IJK = ("i", "j", "k")
 
 #: Bumped whenever a change of the pipeline changes its numbers; part of the
 #: resume key, so results of an older pipeline are never reused.
-PIPELINE_VERSION = "26"
+PIPELINE_VERSION = "27"
 
 
 # --------------------------------------------------------------------------

@@ -273,18 +273,19 @@ def test_axial_axes_hu_contour_stops_at_the_chest_wall(r, wall_x):
 
 
 def rendered_ellipsoid(spacing, abc, rng, *, contrast=250.0, noise=25.0, lung=-850.0, rot=None,
-                       vessel_r=0.0, psf_mm=0.6):
+                       vessel_r=0.0, psf_mm=0.6, offset=None):
     """A partial-volume CT of an ellipsoid (semi-axes a (x), b (y), c (z) mm) in lung, optionally
     with a vessel of radius ``vessel_r`` along z touching its +x side (as dense as the nodule plus
     100 HU), blurred in-plane by ``psf_mm`` and with white noise; returns (hu, threshold, mask) with
-    the mask the nodule's voxels above the midpoint, the vessel's cut off."""
+    the mask the nodule's voxels above the midpoint, the vessel's cut off. ``offset`` (z, y, x mm)
+    shifts the fine grid (:func:`grid`); random within half a voxel by default."""
     from scipy import ndimage
 
     a, b, c = abc
     sub = 4
     fine = tuple(s / sub for s in spacing)
     half = max(abc) + 3.0
-    off = rng.uniform(-0.5, 0.5, 3) * np.asarray(spacing)
+    off = rng.uniform(-0.5, 0.5, 3) * np.asarray(spacing) if offset is None else np.asarray(offset, float)
     z, y, x = grid(fine, half, offset=off)
     p = np.stack([x, y, z], -1)
     if rot is not None:
@@ -328,6 +329,72 @@ def test_axial_axes_hu_contour_steadier_than_the_mask_contour(spacing, abc):
         on_hu.append(axial_axes(m, spacing, hu=hu, threshold_hu=t).mean_mm - (a + b))
     assert np.std(on_hu) < 0.75 * np.std(on_mask)
     assert abs(np.mean(on_hu)) < 0.25
+
+
+def _slice_offset_grid(spacing, abc, frac):
+    """Fine-grid offset (mm, z) for :func:`rendered_ellipsoid` that puts the ellipsoid's centre
+    ``frac`` of a slice from the nearest slice centre (the block means of its 4 fine points)."""
+    sub, s = 4, spacing[0]
+    n = int(math.ceil((max(abc) + 3.0) / (s / sub))) + 2  # as grid() for that half-size
+    o = ((-n + 1.5) * s / sub + frac * s) % s
+    return o - s if o > s / 2 else o
+
+
+@pytest.mark.parametrize("spacing", [(1.25, 0.7, 0.7), (1.0, 0.5, 0.5)])
+@pytest.mark.parametrize("abc", [(2.5, 2.5, 2.5), (3.0, 2.4, 2.7), (5.0, 4.0, 4.5)])
+def test_axial_axes_between_slices_follow_the_largest_section(spacing, abc):
+    # A noiseless rendered ellipsoid whose centre falls 0 to 1/2 slice from the
+    # nearest slice: on the slice the mean diameter shrinks with the offset
+    # (a section dz off the centre is smaller by about d dz^2 / 2c^2: 0.13 mm
+    # for a 5 mm ball under 1.25 mm slices; measured 0.04-0.25 mm here);
+    # scaled to the parabola's vertex, half of that at most is left (measured
+    # 0.01-0.10 mm). Exactly on a slice the three areas are symmetric and
+    # nothing is scaled.
+    rng = np.random.default_rng(3)
+    a, b, c = abc
+    on, between = {}, {}
+    for frac in (0.0, 0.25, 0.5):
+        off = (_slice_offset_grid(spacing, abc, frac), 0.0, 0.0)
+        hu, t, m = rendered_ellipsoid(spacing, abc, rng, noise=0.0, offset=off)
+        on[frac] = axial_axes(m, spacing, hu=hu, threshold_hu=t, between_slices=False)
+        between[frac] = axial_axes(m, spacing, hu=hu, threshold_hu=t)
+        assert on[frac].section_scale == 1.0
+    assert between[0.0].section_scale == pytest.approx(1.0, abs=1e-9)
+    assert between[0.5].section_scale > 1.0
+    shrink_on = on[0.5].mean_mm - on[0.0].mean_mm
+    shrink_between = between[0.5].mean_mm - between[0.0].mean_mm
+    assert shrink_on < -0.03
+    assert abs(shrink_between) < 0.5 * abs(shrink_on)
+    for ax in between.values():
+        # the chords' end points are scaled with their lengths
+        assert np.linalg.norm(np.subtract(*ax.long_endpoints)) == pytest.approx(ax.long_mm)
+        assert np.linalg.norm(np.subtract(*ax.short_endpoints)) == pytest.approx(ax.short_mm)
+
+
+@pytest.mark.parametrize("dz", [0.0, 0.2, 0.45, -0.5])
+def test_section_scale_exact_for_an_ellipsoid(dz):
+    # an ellipsoid's axial sections are similar ellipses of area pi a b (1 - z^2 / c^2):
+    # three slices (pitch h) whose middle one lies dz slices from the centre give
+    # the scale back to the central section exactly
+    from nodulegrowth.measure import _section_scale
+    a, b, c, h = 3.0, 2.0, 2.5, 1.25
+    areas = {k: math.pi * a * b * (1 - ((k - 5 + dz) * h / c) ** 2) for k in (4, 5, 6)}
+    assert _section_scale(areas, 5) == pytest.approx(1 / math.sqrt(1 - (dz * h / c) ** 2), rel=1e-12)
+
+
+def test_section_scale_left_at_one_where_no_vertex_is_near():
+    from nodulegrowth.measure import _section_scale
+    assert _section_scale({4: 10.0, 5: 12.0}, 5) == 1.0  # no neighbour above
+    assert _section_scale({4: 10.0, 5: 8.0, 6: 10.0}, 5) == 1.0  # opens upwards
+    assert _section_scale({4: 4.0, 5: 10.0, 6: 12.0}, 5) == 1.0  # vertex 0.75 slice off
+    assert _section_scale({4: 6.0, 5: 10.0, 6: 10.0}, 5) > 1.0  # vertex 0.5 slice off
+
+
+def test_axial_axes_between_slices_checked():
+    m = np.zeros((3, 5, 5), bool)
+    m[1, 1:4, 1:4] = True
+    with pytest.raises(MeasurementError, match="between_slices='yes' must be True, False or None"):
+        axial_axes(m, (1, 1, 1), between_slices="yes")
 
 
 @pytest.mark.parametrize("vessel_r", [0.8, 1.5])
