@@ -555,7 +555,7 @@ def axial_axes(mask, spacing_zyx, *, hu=None, threshold_hu: float | None = None,
     only): the image's slices fall anywhere within half a slice of the
     nodule's largest axial section, and a section :math:`\Delta z` off the
     centre of an ellipsoid of semi-axis :math:`c` along z is smaller by
-    about :math:`\bar d\,\Delta z^2 / 2c^2` (up to 0.2 mm for a 5 mm nodule
+    about :math:`\bar d\,\Delta z^2 / 2c^2` (up to 0.16 mm for a 5 mm ball
     under 1.25 mm slices, and different at T1 and T2). The areas
     :math:`A_{k-1}, A_k, A_{k+1}` enclosed by the contours of the long
     axis's slice and its two neighbours are fitted with a parabola in z;
@@ -598,7 +598,8 @@ def axial_axes(mask, spacing_zyx, *, hu=None, threshold_hu: float | None = None,
         when ``hu`` is given, else ``'mask'``.
     between_slices : bool, optional
         Scale the chords to the largest section between the slices (above);
-        by default True for ``contour='hu'`` and False otherwise.
+        by default True for ``contour='hu'`` (but not for its fallback to the
+        mask's contour) and False otherwise.
 
     Returns
     -------
@@ -653,9 +654,7 @@ def axial_axes(mask, spacing_zyx, *, hu=None, threshold_hu: float | None = None,
         raise MeasurementError(f"contour={contour!r} is not one of {CONTOURS}")
     if contour != "mask" and field3 is None:
         raise MeasurementError(f"contour={contour!r} needs the image: pass hu and threshold_hu")
-    if between_slices is None:
-        between_slices = contour == "hu"
-    elif not isinstance(between_slices, (bool, np.bool_)):
+    if between_slices is not None and not isinstance(between_slices, (bool, np.bool_)):
         raise MeasurementError(f"between_slices={between_slices!r} must be True, False or None (the default)")
     slices = None
     if contour == "hu":
@@ -663,6 +662,10 @@ def axial_axes(mask, spacing_zyx, *, hu=None, threshold_hu: float | None = None,
     elif contour == "hu_threshold":
         slices = ((int(k), _slice_contours(m[k], field3[k], threshold_hu, sp[1:]))
                   for k in np.flatnonzero(m.any(axis=(1, 2))))
+    if between_slices is None:
+        # on the image's contour only: the mask's (and its fallback, when no
+        # parenchyma surrounds the mask) has voxel counts for areas
+        between_slices = contour == "hu" and slices is not None
     if slices is None:
         slices = _mask_slice_contours(m, sp)
     if tie_mm is None:
@@ -1155,8 +1158,9 @@ def measure_nodule(mask, spacing_zyx, *, origin_xyz=(0.0, 0.0, 0.0), direction=N
     threshold_hu : float, optional
         Segmentation threshold; with ``hu`` the axes are measured on the
         smoothed image's contour that encloses the mask's volume instead of
-        the smoothed mask's (``contour="hu"`` of :func:`axial_axes`). The
-        pipeline passes it.
+        the smoothed mask's (``contour="hu"`` of :func:`axial_axes`), and
+        scaled to the largest section between the slices. The pipeline
+        passes it.
 
     Returns
     -------

@@ -345,7 +345,7 @@ def _slice_offset_grid(spacing, abc, frac):
 def test_axial_axes_between_slices_follow_the_largest_section(spacing, abc):
     # A noiseless rendered ellipsoid whose centre falls 0 to 1/2 slice from the
     # nearest slice: on the slice the mean diameter shrinks with the offset
-    # (a section dz off the centre is smaller by about d dz^2 / 2c^2: 0.13 mm
+    # (a section dz off the centre is smaller by about d dz^2 / 2c^2: 0.16 mm
     # for a 5 mm ball under 1.25 mm slices; measured 0.04-0.25 mm here);
     # scaled to the parabola's vertex, half of that at most is left (measured
     # 0.01-0.10 mm). Exactly on a slice the three areas are symmetric and
@@ -441,6 +441,12 @@ def test_axial_axes_hu_contour_without_parenchyma_falls_back_to_the_mask():
     a = axial_axes(m, sp, hu=hu, threshold_hu=-425.0)
     b = axial_axes(m, sp)
     assert (a.long_mm, a.short_mm) == (b.long_mm, b.short_mm)
+    # nor is that fallback scaled between the slices (voxel counts for areas)
+    m = ellipsoid_mask(sp, 3.0, 2.5, 2.8, offset=(0.3, 0.0, 0.0))
+    a = axial_axes(m, sp, hu=np.zeros(m.shape), threshold_hu=-425.0)
+    b = axial_axes(m, sp)
+    assert (a.long_mm, a.short_mm, a.section_scale) == (b.long_mm, b.short_mm, 1.0)
+    assert axial_axes(m, sp, between_slices=True).section_scale > 1.0
 
 
 def test_axial_axes_contour_choice_checked():
