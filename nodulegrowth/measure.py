@@ -706,7 +706,7 @@ def axial_axes(mask, spacing_zyx, *, hu=None, threshold_hu: float | None = None,
         k, d, ends, s, sends = best[1]
     scale = 1.0
     if between_slices:
-        scale = _section_scale({kk: _enclosed_area(cs) for kk, cs, _, _ in per_slice}, k)
+        scale = _section_scale({kk: _enclosed_area(cs) for kk, cs, _, _ in per_slice if abs(kk - k) <= 1}, k)
         if scale != 1.0:
             ends, sends = _scaled_chord(ends, scale), _scaled_chord(sends, scale)
     return AxialAxes(float(d * scale), float(s * scale), k, ends, sends, float(scale))
